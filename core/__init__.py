@@ -1,0 +1,1 @@
+"""Everything the commands share: resolution, specs, the registry, verdicts, and the engine."""

@@ -1,0 +1,1 @@
+"""Fused Triton kernels, each beside its plain-torch reference."""

@@ -1,0 +1,1 @@
+"""Shared layers every family is written from."""
