@@ -1,0 +1,57 @@
+"""The llmctl command-line app: wiring only; each command lives in its own module."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llmctl import __version__
+from llmctl.cli.check import check
+from llmctl.cli.config import config_app
+from llmctl.cli.embed import embed
+from llmctl.cli.generate import generate
+from llmctl.cli.inspect_arch import inspect_arch
+from llmctl.cli.output import handle_errors, set_debug
+from llmctl.cli.quantize_info import quantize_info
+
+app = typer.Typer(
+    name="llmctl",
+    help="Check, inspect and run language and embedding models.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also LLMCTL_DEBUG=1).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Check, inspect and run language and embedding models.
+
+    Exit codes: 0 ok (check: supported), 1 error (check: not supported), 2 usage, 3 model not found or unreadable.
+    """
+    set_debug(debug)
+
+
+app.command("check")(handle_errors(check))
+app.command("inspect-arch")(handle_errors(inspect_arch))
+app.command("quantize-info")(handle_errors(quantize_info))
+app.command("generate")(handle_errors(generate))
+app.command("embed")(handle_errors(embed))
+app.add_typer(config_app, name="config")
+
+
+def main() -> None:
+    app(prog_name="llmctl")

@@ -1,0 +1,112 @@
+"""One way out for every command: rich tables on a TTY, JSON for pipes, errors as one line on stderr."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import typer
+
+from llmctl.core.errors import EXIT_ERROR, LlmctlError
+
+_state = {"debug": False}
+
+
+def set_debug(flag: bool) -> None:
+    _state["debug"] = flag
+
+
+def debug_enabled() -> bool:
+    return _state["debug"] or os.environ.get("LLMCTL_DEBUG", "") not in ("", "0", "false", "False")
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(soft_wrap=False)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+class Output:
+    """Chooses between human output (rich, on a TTY) and JSON (with --json, or when stdout is piped)."""
+
+    def __init__(self, json_mode: bool = False):
+        self.json_mode = json_mode or not sys.stdout.isatty()
+
+    def emit(self, data: dict[str, Any], render: Callable[[Any, dict[str, Any]], None]) -> None:
+        if self.json_mode:
+            sys.stdout.write(json.dumps(data, ensure_ascii=False, default=_json_default) + "\n")
+            sys.stdout.flush()
+        else:
+            render(stdout_console(), data)
+
+    def jsonl(self, record: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+        sys.stdout.flush()
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def warn(message: str) -> None:
+    """A diagnostic on stderr: stdout stays clean for the next command in the pipe."""
+    sys.stderr.write(f"llmctl: warning: {message}\n")
+    sys.stderr.flush()
+
+
+def error_line(message: str, hint: str | None = None) -> None:
+    sys.stderr.write(f"llmctl: error: {message}\n")
+    if hint:
+        sys.stderr.write(f"  hint: {hint}\n")
+    sys.stderr.flush()
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command: LlmctlError -> one line on stderr and its exit code; a traceback only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except LlmctlError as err:
+            if debug_enabled():
+                raise
+            error_line(err.message, err.hint)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            _silence_broken_pipe()
+            raise typer.Exit(0) from None
+        except Exception as err:  # an llmctl bug: still one line, the traceback behind --debug
+            if debug_enabled():
+                raise
+            error_line(f"internal error: {type(err).__name__}: {err}", "run again with --debug for the traceback")
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper
+
+
+def _silence_broken_pipe() -> None:
+    # Python flushes stdout at exit and would complain about the closed pipe; point it at /dev/null.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

@@ -1,0 +1,152 @@
+"""The architecture registry: the single table of what llmctl runs, how, and how well it is verified.
+
+Rows name their model_def by module and class strings, so looking one up never imports torch.
+`level` is what the tests show: strict (greedy tokens and top-k logprobs match transformers),
+sensible (a real checkpoint gives sensible output), runtime (loads and runs), none.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from llmctl.core.errors import UnsupportedModelError
+
+GENERATE = "generate"
+EMBED = "embed"
+LEVELS = ("strict", "sensible", "runtime", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchInfo:
+    architecture: str
+    family: str
+    tasks: tuple[str, ...]
+    status: str = "planned"  # "native" once a model_def exists, else "planned"
+    module: str | None = None  # e.g. "llmctl.model_defs.llama"
+    class_name: str | None = None
+    level: str = "none"
+    needs_remote_code: bool = False
+    kind: str = "decoder-only"
+
+    def __post_init__(self) -> None:
+        if self.status not in ("native", "planned"):
+            raise ValueError(f"{self.architecture}: status must be native or planned")
+        if self.status == "native" and not (self.module and self.class_name):
+            raise ValueError(f"{self.architecture}: a native row names its module and class")
+        if self.level not in LEVELS:
+            raise ValueError(f"{self.architecture}: level must be one of {LEVELS}")
+        if self.status == "planned" and self.level != "none":
+            raise ValueError(f"{self.architecture}: a planned row cannot claim verification")
+
+
+def _native(arch: str, family: str, module: str, level: str, tasks=(GENERATE,), **kw) -> ArchInfo:
+    return ArchInfo(arch, family, tuple(tasks), "native", f"llmctl.model_defs.{module}", arch, level, **kw)
+
+
+def _planned(arch: str, family: str, tasks=(GENERATE,), **kw) -> ArchInfo:
+    return ArchInfo(arch, family, tuple(tasks), **kw)
+
+
+_ROWS: tuple[ArchInfo, ...] = (
+    # Llama family (Llama, Llama 2, Llama 3/3.1/3.2, Yi, SmolLM2 all use LlamaForCausalLM)
+    _native("LlamaForCausalLM", "llama", "llama", "strict"),
+    _native("MistralForCausalLM", "llama", "llama", "strict"),
+    _native("Qwen2ForCausalLM", "llama", "llama", "strict"),
+    _native("Qwen3ForCausalLM", "llama", "llama", "strict"),
+    # Mixture of experts
+    _planned("MixtralForCausalLM", "mixtral", kind="moe"),
+    _planned("Qwen2MoeForCausalLM", "qwen2_moe", kind="moe"),
+    _planned("DeepseekForCausalLM", "deepseek", kind="moe", needs_remote_code=True),
+    _planned("DeepseekV2ForCausalLM", "deepseek_v2", kind="moe"),
+    _planned("DeepseekV3ForCausalLM", "deepseek_v3", kind="moe"),
+    # Dense decoders
+    _planned("GemmaForCausalLM", "gemma"),
+    _planned("Gemma2ForCausalLM", "gemma2"),
+    _planned("GPT2LMHeadModel", "gpt2"),
+    _planned("GPTJForCausalLM", "gptj"),
+    _planned("GPTNeoXForCausalLM", "gpt_neox"),
+    _planned("OPTForCausalLM", "opt"),
+    _planned("BloomForCausalLM", "bloom"),
+    _planned("FalconForCausalLM", "falcon"),
+    _planned("MPTForCausalLM", "mpt"),
+    _planned("PhiForCausalLM", "phi"),
+    _planned("Phi3ForCausalLM", "phi3"),
+    _planned("BaichuanForCausalLM", "baichuan", needs_remote_code=True),
+    _planned("InternLMForCausalLM", "internlm", needs_remote_code=True),
+    _planned("InternLM2ForCausalLM", "internlm2", needs_remote_code=True),
+    _planned("ChatGLMModel", "chatglm", needs_remote_code=True),
+    _planned("ChatGLMForConditionalGeneration", "chatglm", needs_remote_code=True),
+    # Embedding models
+    _planned("BertModel", "bert", tasks=(EMBED,), kind="encoder-only"),
+    _planned("XLMRobertaModel", "xlm_roberta", tasks=(EMBED,), kind="encoder-only"),
+    _planned("MistralModel", "llama", tasks=(EMBED,)),
+    # Multimodal
+    _planned("LlavaForConditionalGeneration", "llava", kind="multimodal"),
+    _planned("Qwen2VLForConditionalGeneration", "qwen2_vl", kind="multimodal"),
+    _planned("InternVLChatModel", "internvl", kind="multimodal", needs_remote_code=True),
+    _planned("Phi3VForCausalLM", "phi3_v", kind="multimodal", needs_remote_code=True),
+    # Encoder-decoder
+    _planned("BartForConditionalGeneration", "bart", kind="encoder-decoder"),
+    _planned("T5ForConditionalGeneration", "t5", kind="encoder-decoder"),
+)
+
+REGISTRY: dict[str, ArchInfo] = {row.architecture: row for row in _ROWS}
+
+
+def all_architectures() -> list[ArchInfo]:
+    return list(_ROWS)
+
+
+def lookup(architecture: str) -> ArchInfo | None:
+    return REGISTRY.get(architecture)
+
+
+def get_arch(architecture: str) -> ArchInfo:
+    """The row for `architecture`, or an error naming what is supported and the nearest match."""
+    row = REGISTRY.get(architecture)
+    if row is not None:
+        return row
+    native = sorted(r.architecture for r in _ROWS if r.status == "native")
+    near = difflib.get_close_matches(architecture, list(REGISTRY), n=1)
+    hint = f"nearest known architecture: {near[0]}; " if near else ""
+    raise UnsupportedModelError(
+        f"architecture {architecture!r} is not in llmctl's registry",
+        hint=f"{hint}native today: {', '.join(native)}; `llmctl check MODEL` shows what else is possible",
+    )
+
+
+def nearest_native(architecture: str) -> str | None:
+    native = [r.architecture for r in _ROWS if r.status == "native"]
+    near = difflib.get_close_matches(architecture, native, n=1, cutoff=0.5)
+    return near[0] if near else None
+
+
+@lru_cache(maxsize=1)
+def _transformers_auto_text() -> str:
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "auto" / "modeling_auto.py"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def transformers_has(architecture: str) -> bool:
+    """Whether the installed transformers ships a class for `architecture` (read from its source, not imported)."""
+    return f'"{architecture}"' in _transformers_auto_text()
+
+
+def load_model_class(row: ArchInfo):
+    """Import the model_def class of a native row (compute path only)."""
+    if row.status != "native":
+        raise UnsupportedModelError(f"{row.architecture} has no native model definition in llmctl yet")
+    import importlib
+
+    module = importlib.import_module(row.module)
+    return getattr(module, row.class_name)

@@ -1,0 +1,144 @@
+"""The support verdict behind `llmctl check`: registry row + spec + quantization + memory -> reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmctl.core.registry import ArchInfo, lookup, nearest_native, transformers_has
+
+GIB = 1024**3
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "fp8": 1}
+
+
+@dataclass
+class Verdict:
+    architecture: str
+    supported: bool
+    implementation: str  # native | transformers | none
+    tasks: list[str]
+    needs_trust_remote_code: bool
+    level: str
+    quantization: dict[str, Any] | None
+    reasons: list[str] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "supported": self.supported,
+            "implementation": self.implementation,
+            "tasks": self.tasks,
+            "needs_trust_remote_code": self.needs_trust_remote_code,
+            "verification": self.level,
+            "quantization": self.quantization,
+            "reasons": self.reasons,
+            "memory": self.memory,
+        }
+
+
+def needs_remote_code(spec, row: ArchInfo | None) -> bool:
+    """Remote code is needed when the repo maps its classes to its own files and llmctl has no native def."""
+    if row is not None and row.status == "native":
+        return False
+    if row is not None and row.needs_remote_code:
+        return True
+    return bool(spec.config.get("auto_map")) and not transformers_has(spec.architecture)
+
+
+def verdict(
+    spec,
+    quant=None,
+    *,
+    task: str | None = None,
+    trust_remote_code: bool = False,
+    max_model_len: int | None = None,
+    gpu_memory_gib: float | None = None,
+    param_count=None,
+    kv_bytes_per_token: int | None = None,
+) -> Verdict:
+    """Decide whether llmctl can run the model, and say why not and what to try."""
+    row = lookup(spec.architecture)
+    reasons: list[str] = []
+    remote = needs_remote_code(spec, row)
+    tasks = list(row.tasks) if row is not None else []
+
+    if row is not None and row.status == "native":
+        implementation = "native"
+        supported = True
+    else:
+        implementation = "none"
+        supported = False
+        if row is None:
+            reasons.append(f"architecture {spec.architecture} is not in llmctl's registry")
+        else:
+            reasons.append(f"{spec.architecture} is on llmctl's list but its native model definition is not built yet")
+        if transformers_has(spec.architecture):
+            reasons.append(
+                "transformers has this class, but llmctl's transformers backend (model_impl='transformers') "
+                "is not built yet"
+            )
+        near = nearest_native(spec.architecture)
+        if near:
+            reasons.append(f"nearest natively supported architecture: {near}")
+    if remote:
+        if trust_remote_code:
+            reasons.append("the repo's own code would be needed (--trust-remote-code given), and llmctl cannot run it yet")
+        else:
+            reasons.append("this model needs code from its repo: pass --trust-remote-code if you trust it")
+        supported = False
+
+    if task is not None and tasks and task not in tasks:
+        supported = False
+        reasons.append(f"{spec.architecture} supports task(s) {', '.join(tasks)}, not {task}")
+
+    quant_dict = None
+    if quant is not None:
+        quant_dict = {"method": quant.method, "bits": quant.bits, "supported": quant.supported}
+        if not quant.supported:
+            supported = False
+            reasons.append(f"{quant.method} quantization: {quant.reason or 'not runnable by llmctl yet'}")
+
+    memory = memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_bytes_per_token)
+    if memory.get("fits") is False:
+        reasons.append(
+            f"needs about {memory['total_bytes'] / GIB:.1f} GiB (weights + KV cache at {memory['max_model_len']} tokens),"
+            f" more than {gpu_memory_gib:g} GiB: try a smaller --max-model-len or a quantized checkpoint"
+        )
+    return Verdict(
+        architecture=spec.architecture,
+        supported=supported,
+        implementation=implementation,
+        tasks=tasks,
+        needs_trust_remote_code=remote,
+        level=row.level if row is not None else "none",
+        quantization=quant_dict,
+        reasons=reasons,
+        memory=memory,
+    )
+
+
+def memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_bytes_per_token) -> dict[str, Any]:
+    """Weight bytes as stored (or quantized) and KV-cache bytes for one sequence of max_model_len tokens."""
+    from llmctl.core.estimate import weight_bytes
+
+    if param_count is None:
+        return {}
+    dtype = (spec.torch_dtype or "bfloat16") if quant is None else "bfloat16"
+    weights = weight_bytes(param_count.total, dtype)
+    if quant is not None and quant.size_vs_bf16:
+        weights = int(weights * quant.size_vs_bf16)
+    context = max_model_len or spec.max_position_embeddings
+    kv = (kv_bytes_per_token or 0) * (context or 0)
+    memory: dict[str, Any] = {
+        "weight_bytes": weights,
+        "weight_dtype": quant.method if quant is not None else dtype,
+        "max_model_len": context,
+        "kv_cache_bytes_per_token": kv_bytes_per_token,
+        "kv_cache_bytes": kv,
+        "total_bytes": weights + kv,
+    }
+    if gpu_memory_gib is not None:
+        memory["gpu_memory_bytes"] = int(gpu_memory_gib * GIB)
+        memory["fits"] = weights + kv <= gpu_memory_gib * GIB
+    return memory

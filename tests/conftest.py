@@ -1,0 +1,20 @@
+"""Suite-wide settings: no hub access, no user config, a throwaway HOME for every test."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LLMCTL_CONFIG", raising=False)
+    monkeypatch.delenv("LLMCTL_USE_MODELSCOPE", raising=False)
+    monkeypatch.delenv("LLMCTL_DEBUG", raising=False)
+    from llmctl.core.sources import hub_reachable
+
+    hub_reachable.cache_clear()
+    yield
+    hub_reachable.cache_clear()
