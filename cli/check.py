@@ -6,14 +6,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmctl.cli.options import JsonOpt, MaxModelLenOpt, ModelArg, RevisionOpt, SourceOpt, TrustRemoteCodeOpt, source_value
+from llmctl.cli.options import (
+    JsonOpt,
+    MaxModelLenOpt,
+    ModelArg,
+    RevisionOpt,
+    SourceOpt,
+    Task,
+    TrustRemoteCodeOpt,
+    source_value,
+)
 from llmctl.cli.output import Output
 from llmctl.core.errors import EXIT_ERROR
 
 
 def check(
     model: ModelArg,
-    task: Annotated[Optional[str], typer.Option("--task", help="generate or embed (default: any).", show_default=False)] = None,
+    task: Annotated[Optional[Task], typer.Option("--task", help="The task to check for (default: any).", show_default=False)] = None,
     max_model_len: MaxModelLenOpt = None,
     gpu_memory: Annotated[
         Optional[float], typer.Option("--gpu-memory", metavar="GIB", help="Say whether weights + KV cache fit in GIB.",
@@ -31,15 +40,13 @@ def check(
     from llmctl.core.spec import load_spec
     from llmctl.core.support import verdict
 
-    if task is not None and task not in ("generate", "embed"):
-        raise typer.BadParameter("must be generate or embed", param_hint="--task")
     src = resolve_model(model, revision=revision, source=source_value(source))
     spec = load_spec(src)
     quant = quantization_from_source(src)
     result = verdict(
         spec,
         quant,
-        task=task,
+        task=task.value if task is not None else None,
         trust_remote_code=trust_remote_code,
         max_model_len=max_model_len,
         gpu_memory_gib=gpu_memory,

@@ -13,6 +13,11 @@ class Source(str, Enum):
     modelscope = "modelscope"
 
 
+class Task(str, Enum):
+    generate = "generate"
+    embed = "embed"
+
+
 ModelArg = Annotated[
     str,
     typer.Argument(

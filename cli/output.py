@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any, Callable
 
+import click
 import typer
 
 from llmctl.core.errors import EXIT_ERROR, LlmctlError
@@ -81,8 +82,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, SystemExit, click.ClickException):
+            raise  # Click reports its own usage errors (exit 2)
         except LlmctlError as err:
             if debug_enabled():
                 raise

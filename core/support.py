@@ -101,6 +101,7 @@ def verdict(
 
     memory = memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_bytes_per_token)
     if memory.get("fits") is False:
+        supported = False  # the user asked about this card: it cannot run there
         reasons.append(
             f"needs about {memory['total_bytes'] / GIB:.1f} GiB (weights + KV cache at {memory['max_model_len']} tokens),"
             f" more than {gpu_memory_gib:g} GiB: try a smaller --max-model-len or a quantized checkpoint"

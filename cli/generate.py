@@ -1,0 +1,209 @@
+"""`llmctl generate`: prompts in (arguments, a file or stdin), completions out, batched on llmctl's engine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmctl.cli.generate_input import PromptItem, read_prompts
+from llmctl.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxModelLenOpt,
+    ModelOpt,
+    RevisionOpt,
+    SourceOpt,
+    TrustRemoteCodeOpt,
+    source_value,
+)
+from llmctl.cli.output import Output, warn
+from llmctl.core.errors import EXIT_ERROR
+
+_S = "Sampling"
+
+
+def generate(
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeat for several).", show_default=False)] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Prompts, one per line or JSONL with 'prompt'/'messages' ('-': stdin).", show_default=False)] = None,
+    model: ModelOpt = None,
+    chat: Annotated[Optional[bool], typer.Option("--chat/--no-chat", help="Apply the chat template (default: on when the model has one).", show_default=False)] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System message for chat prompts.", show_default=False)] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens to generate per prompt.", rich_help_panel=_S)] = 256,
+    min_tokens: Annotated[int, typer.Option("--min-tokens", min=0, help="Generate at least this many before EOS/stop tokens.", rich_help_panel=_S)] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy.", rich_help_panel=_S)] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (0, 1].", rich_help_panel=_S)] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).", rich_help_panel=_S)] = 0,
+    min_p: Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p x the top probability.", rich_help_panel=_S)] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help="HF-style, over prompt and output (1 = off).", rich_help_panel=_S)] = 1.0,
+    presence_penalty: Annotated[float, typer.Option("--presence-penalty", help="OpenAI-style, over output (0 = off).", rich_help_panel=_S)] = 0.0,
+    frequency_penalty: Annotated[float, typer.Option("--frequency-penalty", help="OpenAI-style, over output (0 = off).", rich_help_panel=_S)] = 0.0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string, not included in the text (repeatable).", rich_help_panel=_S, show_default=False)] = None,
+    stop_token_id: Annotated[Optional[list[int]], typer.Option("--stop-token-id", help="Stop token id (repeatable).", rich_help_panel=_S, show_default=False)] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past EOS.", rich_help_panel=_S)] = False,
+    logprobs: Annotated[Optional[int], typer.Option("--logprobs", min=0, help="Top-k logprobs per generated token (JSON output).", rich_help_panel=_S, show_default=False)] = None,
+    prompt_logprobs: Annotated[Optional[int], typer.Option("--prompt-logprobs", min=0, help="Top-k logprobs per prompt token (JSON output).", rich_help_panel=_S, show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Per-request seed: same seed, same text.", rich_help_panel=_S, show_default=False)] = None,
+    json_output: JsonOpt = False,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Stream tokens (default: one prompt on a TTY).", show_default=False)] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    max_model_len: MaxModelLenOpt = None,
+    max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", min=1, help="Most sequences decoded together.")] = 256,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    revision: RevisionOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Generate text for one or more prompts, batched together on llmctl's engine.
+
+    Prompts come from --prompt (repeatable), --file, or stdin, one per line; a line may be JSON with
+    "prompt" or "messages". With --json, one JSON object per prompt, in input order. A prompt that
+    cannot run (too long, empty, bad JSON) gets an error record; the others still run (exit 1 at the end).
+    """
+    from llmctl.core.engine.sampling_params import SamplingParams
+    from llmctl.core.settings import load_settings
+
+    items = read_prompts(prompt, file)
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, seed=seed, stop=stop or None, stop_token_ids=stop_token_id or None,
+        ignore_eos=ignore_eos, max_tokens=max_tokens, min_tokens=min_tokens, logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
+    settings = load_settings()
+    llm = _load(
+        model or settings.default_model, settings, dtype=dtype or settings.dtype, device=device or settings.device,
+        max_model_len=max_model_len, max_num_seqs=max_num_seqs, trust_remote_code=trust_remote_code,
+        revision=revision, source=source_value(source),
+    )
+    use_chat = _chat_mode(chat, llm, items)
+    requests = [_request(item, llm, use_chat, system) for item in items]
+    out = Output(json_output)
+    if stream is None:
+        stream = len(items) == 1 and not out.json_mode and sys.stdout.isatty()
+    if stream and len(items) == 1 and "error" not in requests[0]:
+        _stream(llm, requests[0], params, out.json_mode, items[0])
+        return
+    runnable = [r for r in requests if "error" not in r]
+    results = iter(llm.generate([{k: v for k, v in r.items() if k != "index"} for r in runnable], params))
+    failed = 0
+    for item, request in zip(items, requests):
+        if "error" in request:
+            record = {"index": item.index, "prompt": item.label, "error": request["error"]}
+        else:
+            record = _record(item, next(results), params)
+        failed += "error" in record
+        _write(out, record, many=len(items) > 1)
+    if failed:
+        warn(f"{failed} of {len(items)} prompt(s) failed; see their error records")
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _load(name: str, settings, **kw: Any):
+    from llmctl.core.engine.llm import LLM
+    from llmctl.core.resolve import resolve_model
+
+    src = resolve_model(name, revision=kw.pop("revision"), source=kw.pop("source"), settings=settings)
+    path = src.materialize()
+    kv = {"kv_cache_memory": settings.kv_cache_memory} if settings.kv_cache_memory else {}
+    return LLM(str(path), seed=0, **kw, **kv)
+
+
+def _chat_mode(chat: bool | None, llm, items: list[PromptItem]) -> bool:
+    has_template = bool(getattr(llm.get_tokenizer(), "chat_template", None))
+    if chat and not has_template:
+        from llmctl.core.errors import UsageError
+
+        raise UsageError("--chat: this model's tokenizer has no chat template", hint="use --no-chat")
+    return has_template if chat is None else chat
+
+
+def _request(item: PromptItem, llm, use_chat: bool, system: str | None) -> dict[str, Any]:
+    from llmctl.core.engine.tokenizer import apply_chat_template
+    from llmctl.core.errors import LlmctlError
+
+    if item.error is not None:
+        return {"error": item.error}
+    messages = item.messages
+    if messages is None and use_chat:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": item.prompt}]
+    if messages is None:
+        return {"prompt": item.prompt}
+    try:
+        text, ids = apply_chat_template(llm.get_tokenizer(), messages)
+    except LlmctlError as err:
+        return {"error": err.message}
+    except Exception as err:  # a template that raises on this conversation
+        return {"error": f"chat template failed: {err}"}
+    return {"prompt": text, "prompt_token_ids": ids}
+
+
+def _record(item: PromptItem, result, params) -> dict[str, Any]:
+    if result.error is not None:
+        return {"index": item.index, "prompt": item.label, "error": result.error}
+    completion = result.outputs[0]
+    metrics = result.metrics
+    ttft = metrics.time_to_first_token if metrics else None
+    duration = (metrics.finished_time - metrics.arrival_time) if metrics and metrics.finished_time else None
+    record: dict[str, Any] = {
+        "index": item.index,
+        "prompt": item.label,
+        "text": completion.text,
+        "token_ids": completion.token_ids,
+        "finish_reason": completion.finish_reason,
+        "stop_reason": completion.stop_reason,
+        "prompt_tokens": len(result.prompt_token_ids),
+        "completion_tokens": len(completion.token_ids),
+        "time_to_first_token": round(ttft, 4) if ttft is not None else None,
+        "tokens_per_s": round(len(completion.token_ids) / duration, 2) if duration else None,
+    }
+    if params.logprobs is not None:
+        record["logprobs"] = [_logprob_map(d) for d in completion.logprobs or []]
+    if params.prompt_logprobs is not None:
+        record["prompt_logprobs"] = [None if d is None else _logprob_map(d) for d in result.prompt_logprobs or []]
+    return record
+
+
+def _logprob_map(entry: dict) -> dict[str, float]:
+    return {str(token): round(lp.logprob, 6) for token, lp in entry.items()}
+
+
+def _write(out: Output, record: dict[str, Any], many: bool) -> None:
+    if out.json_mode:
+        out.jsonl(record)
+        return
+    if "error" in record:
+        warn(f"prompt {record['index'] + 1}: {record['error']}")
+        return
+    if many and sys.stdout.isatty():
+        from llmctl.cli.output import stdout_console
+
+        stdout_console().rule(f"prompt {record['index'] + 1}", style="dim")
+    sys.stdout.write(record["text"] + "\n")
+    sys.stdout.flush()
+
+
+def _stream(llm, request: dict[str, Any], params, json_mode: bool, item: PromptItem) -> None:
+    shown = 0
+    final = None
+    for partial in llm.stream({k: v for k, v in request.items() if k != "index"}, params):
+        final = partial
+        if partial.error is None and not json_mode:
+            text = partial.outputs[0].text
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+    if final is None:
+        return
+    record = _record(item, final, params)
+    if json_mode:
+        Output(True).jsonl(record)
+    elif "error" in record:
+        warn(record["error"])
+        raise typer.Exit(EXIT_ERROR)
+    else:
+        sys.stdout.write("\n")

@@ -1,0 +1,84 @@
+"""Reading `llmctl generate` prompts: --prompt, --file or stdin; plain lines or JSONL with prompt/messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmctl.core.errors import UsageError
+
+
+@dataclass
+class PromptItem:
+    """One input, in input order: a text prompt, a conversation, or why the line cannot be used."""
+
+    index: int
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.prompt is not None:
+            return self.prompt
+        if self.messages:
+            return str(self.messages[-1].get("content", ""))
+        return ""
+
+
+def read_prompts(prompts: list[str] | None, file: Path | None) -> list[PromptItem]:
+    """Every input becomes exactly one item, so N inputs give N results (errors included)."""
+    if prompts:
+        if file is not None:
+            raise UsageError("give prompts with --prompt or --file, not both")
+        return [PromptItem(i, prompt=p) for i, p in enumerate(prompts)]
+    if file is not None and str(file) != "-":
+        try:
+            raw = file.read_bytes()
+        except OSError as err:
+            raise UsageError(f"cannot read {file}: {err.strerror or err}") from None
+    else:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("no prompt: use --prompt TEXT, --file FILE, or pipe prompts on stdin (one per line)")
+        raw = sys.stdin.buffer.read()
+    return parse_lines(raw)
+
+
+def parse_lines(raw: bytes) -> list[PromptItem]:
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line does not start another
+    items = []
+    for i, line in enumerate(lines):
+        line = line.rstrip(b"\r")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            items.append(PromptItem(i, error=f"line {i + 1} is not valid UTF-8 (byte {err.start})"))
+            continue
+        items.append(_parse_line(i, text))
+    if not items:
+        raise UsageError("no prompts in the input")
+    return items
+
+
+def _parse_line(i: int, text: str) -> PromptItem:
+    if not text.strip():
+        return PromptItem(i, error=f"line {i + 1} is empty")
+    if not text.lstrip().startswith("{"):
+        return PromptItem(i, prompt=text)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        return PromptItem(i, error=f"line {i + 1} looks like JSON but does not parse: {err.msg}")
+    if not isinstance(obj, dict):
+        return PromptItem(i, error=f"line {i + 1}: a JSON line must be an object with 'prompt' or 'messages'")
+    if isinstance(obj.get("prompt"), str):
+        return PromptItem(i, prompt=obj["prompt"])
+    messages = obj.get("messages")
+    if isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages):
+        return PromptItem(i, messages=messages)
+    return PromptItem(i, error=f"line {i + 1}: a JSON line needs a string 'prompt' or a list of 'messages' with roles")
