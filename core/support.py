@@ -127,8 +127,12 @@ def memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_
         return {}
     dtype = (spec.torch_dtype or "bfloat16") if quant is None else "bfloat16"
     weights = weight_bytes(param_count.total, dtype)
-    if quant is not None and quant.size_vs_bf16:
-        weights = int(weights * quant.size_vs_bf16)
+    if quant is not None and quant.method != "gguf" and quant.size_vs_bf16:
+        # Only the linear layers are quantized: embeddings, lm_head and norms stay 16-bit.
+        embeddings = (spec.vocab_size or 0) * (spec.hidden_size or 0) * (1 if spec.tie_word_embeddings else 2)
+        linear = max(param_count.total - embeddings, 0)
+        weights = weight_bytes(param_count.total - linear, dtype) + int(weight_bytes(linear, dtype) * quant.size_vs_bf16)
+    # GGUF weights are dequantised at load: in memory they take the run dtype, as counted above.
     context = max_model_len or spec.max_position_embeddings
     kv = (kv_bytes_per_token or 0) * (context or 0)
     memory: dict[str, Any] = {
