@@ -55,7 +55,8 @@ def arch_report(spec: Any, src: Any = None) -> dict[str, Any]:
                 weights["checkpoint"] = weight_bytes(count.total, stored_dtype)
             except UsageError:  # an exotic dtype name: the table still has bf16/fp8/int4
                 pass
-    kv_dtype = spec.torch_dtype if spec.torch_dtype in ("float32", "float16", "bfloat16") else "bfloat16"
+    # the cache a GPU deployment keeps: fp16 for fp16 checkpoints, else bf16 (float32 checkpoints are served in 16 bits)
+    kv_dtype = "float16" if spec.torch_dtype == "float16" else "bfloat16"
     moe = spec.moe
     data: dict[str, Any] = {
         "model": src.display if src is not None else spec.architecture,

@@ -125,6 +125,7 @@ def memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_
 
     if param_count is None:
         return {}
+    # Quantized weights are counted against bf16; GGUF is dequantised to bf16 on a GPU.
     dtype = (spec.torch_dtype or "bfloat16") if quant is None else "bfloat16"
     weights = weight_bytes(param_count.total, dtype)
     if quant is not None and quant.method != "gguf" and quant.size_vs_bf16:
@@ -137,7 +138,7 @@ def memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_
     kv = (kv_bytes_per_token or 0) * (context or 0)
     memory: dict[str, Any] = {
         "weight_bytes": weights,
-        "weight_dtype": quant.method if quant is not None else dtype,
+        "weight_dtype": dtype if quant is None or quant.method == "gguf" else quant.method,
         "max_model_len": context,
         "kv_cache_bytes_per_token": kv_bytes_per_token,
         "kv_cache_bytes": kv,

@@ -1,0 +1,247 @@
+"""How each family spells its config keys, and transformers' defaults for the keys hub files leave out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# transformers' defaults (configuration_<family>.py) for the structural keys; hub config.json files often omit
+# them (llava-1.5's text_config gives only vocab_size and a few more and relies on LlamaConfig()).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048, tie_word_embeddings=False,
+                  rope_theta=10000.0, attention_bias=False, mlp_bias=False),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, hidden_act="silu", max_position_embeddings=131072,
+                    tie_word_embeddings=False, rope_theta=10000.0, sliding_window=4096),
+    "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, hidden_act="silu", max_position_embeddings=131072,
+                    tie_word_embeddings=False, rope_theta=1e6, num_local_experts=8, num_experts_per_tok=2),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, hidden_act="silu", max_position_embeddings=32768, tie_word_embeddings=False,
+                  rope_theta=10000.0, use_sliding_window=False),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, head_dim=128, hidden_act="silu", max_position_embeddings=32768,
+                  tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False, use_sliding_window=False),
+    "qwen2_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+                      num_attention_heads=16, hidden_act="silu", max_position_embeddings=32768,
+                      tie_word_embeddings=False, rope_theta=10000.0, use_sliding_window=False, decoder_sparse_step=1,
+                      moe_intermediate_size=1408, shared_expert_intermediate_size=5632, num_experts_per_tok=4,
+                      num_experts=60, mlp_only_layers=[], qkv_bias=True),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                      num_attention_heads=32, num_key_value_heads=4, hidden_act="silu", tie_word_embeddings=False,
+                      max_position_embeddings=32768, use_sliding_window=False, decoder_sparse_step=1,
+                      moe_intermediate_size=768, num_experts_per_tok=8, num_experts=128, mlp_only_layers=[]),
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh", max_position_embeddings=8192,
+                  tie_word_embeddings=True, rope_theta=10000.0),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh",
+                   max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=10000.0, sliding_window=4096),
+    "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                        num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048,
+                        tie_word_embeddings=False, first_k_dense_replace=0, kv_lora_rank=512, q_lora_rank=1536,
+                        n_routed_experts=64, n_shared_experts=2, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                        v_head_dim=128, moe_intermediate_size=1407, moe_layer_freq=1),
+    "deepseek_v3": dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+                        num_hidden_layers=61, num_attention_heads=128, n_shared_experts=1, n_routed_experts=256,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
+                        qk_nope_head_dim=128, num_experts_per_tok=8, first_k_dense_replace=3, hidden_act="silu",
+                        max_position_embeddings=4096, tie_word_embeddings=False, moe_layer_freq=1),
+    "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                 activation_function="gelu_new", tie_word_embeddings=True),
+    "gptj": dict(vocab_size=50400, n_positions=2048, n_embd=4096, n_layer=28, n_head=16, rotary_dim=64,
+                 activation_function="gelu_new", tie_word_embeddings=False),
+    "gpt_neox": dict(vocab_size=50432, hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
+                     intermediate_size=24576, hidden_act="gelu", max_position_embeddings=2048, rotary_pct=0.25,
+                     rotary_emb_base=10000, tie_word_embeddings=False, attention_bias=True),
+    "opt": dict(vocab_size=50272, hidden_size=768, num_hidden_layers=12, ffn_dim=3072, max_position_embeddings=2048,
+                do_layer_norm_before=True, _remove_final_layer_norm=False, num_attention_heads=12,
+                activation_function="relu", enable_bias=True, layer_norm_elementwise_affine=True,
+                tie_word_embeddings=True),
+    "bloom": dict(vocab_size=250880, hidden_size=64, n_layer=2, n_head=8, tie_word_embeddings=True,
+                  activation_function="gelu"),
+    "falcon": dict(vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
+                   alibi=False, new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False,
+                   max_position_embeddings=2048, rope_theta=10000.0, activation="gelu", tie_word_embeddings=True),
+    "mpt": dict(d_model=2048, n_heads=16, n_layers=24, expansion_ratio=4, max_seq_len=2048, vocab_size=50368,
+                no_bias=True, learned_pos_emb=True, tie_word_embeddings=True, activation="gelu"),
+    "phi": dict(vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                num_attention_heads=32, hidden_act="gelu_new", max_position_embeddings=2048, partial_rotary_factor=0.5,
+                rope_theta=10000.0, qk_layernorm=False, tie_word_embeddings=False),
+    "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, hidden_act="silu", max_position_embeddings=4096, tie_word_embeddings=False,
+                 rope_theta=10000.0),
+    "bert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
+                 tie_word_embeddings=True),
+    "bart": dict(vocab_size=50265, max_position_embeddings=1024, encoder_layers=12, encoder_ffn_dim=4096,
+                 encoder_attention_heads=16, decoder_layers=12, decoder_ffn_dim=4096, decoder_attention_heads=16,
+                 activation_function="gelu", d_model=1024, tie_word_embeddings=True),
+    "t5": dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
+               relative_attention_num_buckets=32, feed_forward_proj="relu", tie_word_embeddings=True),
+    "chatglm": dict(padded_vocab_size=65024, hidden_size=4096, num_layers=28, num_attention_heads=32,
+                    kv_channels=128, ffn_hidden_size=13696, seq_length=2048, add_qkv_bias=False,
+                    add_bias_linear=False, rmsnorm=True, post_layer_norm=True, tie_word_embeddings=False,
+                    activation="swiglu"),
+    "internlm": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
+    "internlm2": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
+    "baichuan": dict(hidden_act="silu", tie_word_embeddings=False),
+    "deepseek": dict(hidden_act="silu", tie_word_embeddings=False, first_k_dense_replace=0, moe_layer_freq=1,
+                     n_shared_experts=None),
+    "clip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              num_channels=3, image_size=224, patch_size=32),
+}
+DEFAULTS["xlm-roberta"] = {**DEFAULTS["bert"], "max_position_embeddings": 514, "type_vocab_size": 1}
+DEFAULTS["roberta"] = DEFAULTS["xlm-roberta"]
+DEFAULTS["yi"] = DEFAULTS["llama"]
+
+# model_type (or trust_remote_code spelling) -> family name used across llmctl
+_FAMILY_ALIASES = {
+    "RefinedWeb": "falcon", "RefinedWebModel": "falcon", "xlm_roberta": "xlm-roberta", "mistral3": "mistral",
+    "qwen2_vl_text": "qwen2", "internvl_chat": "internvl", "phi3_v": "phi3_v",
+    "llava_llama": "llava", "deepseek_vl_v2": "deepseek_v2", "mpnet": "mpnet", "gpt_bigcode": "gpt_bigcode",
+}
+_ARCH_FAMILIES = {
+    "BaichuanForCausalLM": "baichuan", "InternLMForCausalLM": "internlm", "InternLM2ForCausalLM": "internlm2",
+    "ChatGLMModel": "chatglm", "ChatGLMForConditionalGeneration": "chatglm", "DeepseekForCausalLM": "deepseek",
+    "RWForCausalLM": "falcon", "MPTForCausalLM": "mpt", "InternVLChatModel": "internvl",
+    "Phi3VForCausalLM": "phi3_v", "LlavaLlamaForCausalLM": "llava", "YiForCausalLM": "llama",
+}
+
+ENCODER_TYPES = {"bert", "xlm-roberta", "roberta", "mpnet", "distilbert", "nomic_bert", "electra", "deberta-v2"}
+ENCODER_DECODER_TYPES = {"bart", "t5", "mbart", "mt5", "umt5", "pegasus", "marian"}
+
+# Only where model_type names one class beyond doubt: the bare encoder, as sentence-transformers checkpoints use.
+INFERABLE_ARCHITECTURES = {
+    "bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta": "RobertaModel", "mpnet": "MPNetModel",
+    "distilbert": "DistilBertModel", "electra": "ElectraModel", "mistral": "MistralModel", "llama": "LlamaModel",
+    "qwen2": "Qwen2Model", "qwen3": "Qwen3Model", "gemma": "GemmaModel", "gemma2": "Gemma2Model",
+}
+
+_RMS_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
+                 "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "baichuan", "internlm", "internlm2", "t5",
+                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v"}
+_LEARNED_POSITIONS = {"gpt2", "opt", "bert", "xlm-roberta", "roberta", "bart", "mpnet", "distilbert", "electra"}
+
+
+def first(cfg: dict, *keys: str) -> Any:
+    """The value of the first key present with a non-None value."""
+    for key in keys:
+        value = cfg.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+# Keys that mean the same thing in different families: a default never overrides a spelling the file uses.
+_SYNONYMS = (
+    ("hidden_size", "n_embd", "d_model"),
+    ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
+    ("num_attention_heads", "n_head", "n_heads", "num_heads"),
+    ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"),
+    ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "d_ff"),
+    ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"),
+    ("vocab_size", "padded_vocab_size", "n_vocab"),
+    ("rope_theta", "rope_parameters", "rotary_emb_base"),
+    ("hidden_act", "activation_function", "hidden_activation", "activation"),
+    ("num_local_experts", "n_routed_experts", "num_experts"),
+)
+
+
+def with_defaults(cfg: dict, defaults: dict) -> dict:
+    """`cfg` over `defaults`, skipping defaults whose key or a synonym `cfg` already has (an explicit null
+    counts: DeepSeek-V2-Lite's "q_lora_rank": null means no query compression, not the default 1536)."""
+    given = dict(cfg)
+    out = {}
+    for key, value in defaults.items():
+        group = next((g for g in _SYNONYMS if key in g), (key,))
+        if not any(k in given for k in group):
+            out[key] = value
+    out.update(given)
+    return out
+
+
+def family_of(model_type: str, architecture: str) -> str:
+    if architecture in _ARCH_FAMILIES:
+        return _ARCH_FAMILIES[architecture]
+    if model_type in _FAMILY_ALIASES:
+        return _FAMILY_ALIASES[model_type]
+    return model_type or architecture
+
+
+def merged_text_config(config: dict, family: str) -> dict:
+    """The language model's config: text_config / llm_config for multimodal checkpoints, else the config itself."""
+    for key in ("text_config", "llm_config", "language_config"):
+        sub = config.get(key)
+        if isinstance(sub, dict) and sub:
+            merged = dict(sub)
+            for inherited in ("torch_dtype", "dtype", "quantization_config"):
+                if inherited not in merged and inherited in config:
+                    merged[inherited] = config[inherited]
+            if "model_type" not in merged:  # llava's text_config defaults to LlamaConfig
+                merged["model_type"] = "llama"
+            return merged
+    return config
+
+
+def norm_of(cfg: dict, family: str) -> str:
+    if family == "chatglm":
+        return "RMSNorm" if cfg.get("rmsnorm", True) else "LayerNorm"
+    if family == "mpt" and cfg.get("no_bias", True):
+        return "LayerNorm (no bias)"
+    return "RMSNorm" if family in _RMS_FAMILIES else "LayerNorm"
+
+
+def _rope_parameters(cfg: dict) -> dict:
+    """transformers-5 rope_parameters, or transformers-4 rope_scaling + rope_theta, as one dict."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict):
+        if "full_attention" in params and isinstance(params["full_attention"], dict):
+            params = params["full_attention"]  # per-layer-type rope (gemma3-style)
+        return dict(params)
+    scaling = cfg.get("rope_scaling")
+    merged = dict(scaling) if isinstance(scaling, dict) else {}
+    if "type" in merged and "rope_type" not in merged:
+        merged["rope_type"] = merged.pop("type")
+    return merged
+
+
+def read_rope(cfg: dict, family: str, head_dim: int) -> tuple[str, str | None, float | None, dict | None, float]:
+    """(position embedding kind, rope_type, rope_theta, rope_scaling, partial_rotary_factor)."""
+    if family == "t5":
+        return "relative", None, None, None, 1.0
+    if family in ("bloom",) or cfg.get("alibi") or (cfg.get("attn_config") or {}).get("alibi"):
+        return "alibi", None, None, None, 1.0
+    if family == "baichuan" and cfg.get("hidden_size") == 5120:  # Baichuan-13B uses ALiBi, the 7B rope
+        return "alibi", None, None, None, 1.0
+    if family in _LEARNED_POSITIONS or family == "mpt":
+        return "learned", None, None, None, 1.0
+    params = _rope_parameters(cfg)
+    theta = first(params, "rope_theta") or first(cfg, "rope_theta", "rotary_emb_base", "rope_base")
+    if theta is None and family == "chatglm":
+        theta = 10000.0 * float(cfg.get("rope_ratio", 1))
+    partial = first(params, "partial_rotary_factor") or first(cfg, "partial_rotary_factor", "rotary_pct")
+    if partial is None and cfg.get("rotary_dim"):  # gpt-j
+        partial = int(cfg["rotary_dim"]) / head_dim
+    if partial is None and family == "chatglm":
+        partial = 0.5  # ChatGLM rotates half of each head
+    rope_type = str(params.get("rope_type") or "default")
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if rope_type == "default" and set(scaling) <= {"rope_type"}:
+        scaling = {}
+    return "rope", rope_type, float(theta) if theta is not None else 10000.0, scaling or None, float(partial or 1.0)
+
+
+_POOLING_KEYS = (
+    ("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"), ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"), ("pooling_mode_weightedmean_tokens", "weightedmean"),
+    ("pooling_mode_lasttoken", "lasttoken"),
+)
+
+
+def pooling_mode(pool_cfg: dict) -> str | None:
+    """sentence-transformers 1_Pooling/config.json -> "mean" / "cls" / ... ("+"-joined when several)."""
+    if isinstance(pool_cfg.get("pooling_mode"), str):
+        return pool_cfg["pooling_mode"]
+    modes = [name for key, name in _POOLING_KEYS if pool_cfg.get(key)]
+    return "+".join(modes) if modes else None
