@@ -1,0 +1,210 @@
+"""Stream checkpoint tensors into a model definition: safetensors / .bin iterators, fused-shard loading, dummy weights."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmctl.core.errors import ModelReadError, WeightLoadError
+
+# Checkpoint tensors that are not weights of ours: old Llama checkpoints saved the rotary inv_freq buffer.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _files_from_index(model_dir: Path, index_name: str) -> list[Path]:
+    try:
+        index = json.loads((model_dir / index_name).read_text())
+        names = sorted(set(index["weight_map"].values()))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelReadError(f"cannot read {model_dir / index_name}: {exc}") from exc
+    return [model_dir / name for name in names]
+
+
+def safetensors_files(model_dir: str | Path) -> list[Path]:
+    """The checkpoint's .safetensors files: those named by model.safetensors.index.json, else model.safetensors."""
+    model_dir = Path(model_dir)
+    if (model_dir / "model.safetensors.index.json").is_file():
+        return _files_from_index(model_dir, "model.safetensors.index.json")
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def iter_safetensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from the checkpoint's safetensors files, memory-mapped one tensor at a time."""
+    from safetensors import safe_open
+
+    files = safetensors_files(model_dir)
+    if not files:
+        raise ModelReadError(f"no .safetensors files in {model_dir}")
+    for path in files:
+        if not path.is_file():
+            raise ModelReadError(f"checkpoint shard {path} is missing")
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError for corrupt headers
+            raise ModelReadError(f"cannot read {path}: {exc}") from exc
+        with handle as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def iter_torch_bin(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from pytorch_model*.bin files, loaded with weights_only=True and mmap."""
+    model_dir = Path(model_dir)
+    if (model_dir / "pytorch_model.bin.index.json").is_file():
+        files = _files_from_index(model_dir, "pytorch_model.bin.index.json")
+    else:
+        files = sorted(model_dir.glob("pytorch_model*.bin"))
+    if not files:
+        raise ModelReadError(f"no pytorch_model*.bin files in {model_dir}")
+    for path in files:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # unpickling errors, or a non-zip legacy file mmap cannot open
+            raise ModelReadError(f"cannot read {path}: {exc}") from exc
+        yield from state.items()
+        del state
+
+
+def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """safetensors when the folder has them, else pytorch_model*.bin."""
+    if safetensors_files(model_dir):
+        return iter_safetensors(model_dir)
+    return iter_torch_bin(model_dir)
+
+
+def _target(model: nn.Module, name: str) -> tuple[str, object]:
+    """Map a checkpoint name to (model parameter name, shard id or None) via packed_modules_mapping."""
+    for ckpt_part, (param_part, shard_id) in getattr(model, "packed_modules_mapping", {}).items():
+        token = f".{ckpt_part}."
+        if token in name:
+            return name.replace(token, f".{param_part}.", 1), shard_id
+    return name, None
+
+
+def _checkpoint_name(model: nn.Module, name: str, shard_id) -> str:
+    """The checkpoint name that fills shard `shard_id` of parameter `name` (the inverse of _target)."""
+    if shard_id is None:
+        return name
+    for ckpt_part, (param_part, shard) in model.packed_modules_mapping.items():
+        if shard == shard_id and f".{param_part}." in name:
+            return name.replace(f".{param_part}.", f".{ckpt_part}.", 1)
+    return f"{name} (shard {shard_id!r})"
+
+
+def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> set[str]:
+    """Copy checkpoint tensors into `model`, converting to `dtype`; returns the parameter names filled.
+
+    Fused parameters (qkv_proj, gate_up_proj) are filled shard by shard through the owning module's
+    shard_slice(). Raises WeightLoadError naming the tensor for unexpected names, shape mismatches, and
+    parameters (or shards) that the checkpoint does not provide. A tied lm_head counts as loaded with
+    the embedding; a checkpoint's redundant copy of it is accepted.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    canonical = {id(p): n for n, p in model.named_parameters()}  # tied aliases -> one name
+    filled: dict[str, set] = {}  # canonical name -> shard ids loaded ({None} for plain params)
+    for ckpt_name, tensor in weights:
+        if ckpt_name.endswith(_IGNORED_SUFFIXES):
+            continue
+        name, shard_id = _target(model, ckpt_name)
+        param = params.get(name)
+        if param is None:
+            raise WeightLoadError(
+                f"unexpected tensor {ckpt_name!r} {tuple(tensor.shape)} in the checkpoint: "
+                f"{type(model).__name__} has no parameter {name!r}"
+            )
+        dest = param.data
+        if shard_id is not None:
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            start, size = module.shard_slice(shard_id)
+            dest = dest.narrow(0, start, size)
+        if tuple(dest.shape) != tuple(tensor.shape):
+            raise WeightLoadError(
+                f"tensor {ckpt_name!r} has shape {tuple(tensor.shape)} but the model expects {tuple(dest.shape)}"
+            )
+        with torch.no_grad():
+            dest.copy_(tensor.to(dtype))
+        filled.setdefault(canonical[id(param)], set()).add(shard_id)
+
+    missing = []
+    for name, _ in model.named_parameters():
+        module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        expected = set(module.shard_ids) if hasattr(module, "shard_slice") else {None}
+        for shard_id in expected - filled.get(name, set()):
+            missing.append(_checkpoint_name(model, name, shard_id))
+    if missing:
+        missing.sort()
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise WeightLoadError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs: {shown}")
+    return set(filled)
+
+
+@contextlib.contextmanager
+def _params_on_meta():
+    """Create parameters on the meta device (no memory, no init) while buffers stay real (rope caches)."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=False)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Replace meta parameters with empty ones of `dtype` on `device`, keeping tied parameters shared."""
+    made: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in made:
+                dtype_here = dtype if param.is_floating_point() else param.dtype
+                made[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=dtype_here, device=device), False)
+            module._parameters[name] = made[id(param)]
+    model.to(device)  # buffers
+
+
+def _init_dummy(model: nn.Module, seed: int = 0) -> None:
+    """Random weights of the right shapes: norms 1, everything else N(0, 0.02) (load_format="dummy")."""
+    from llmctl.model_defs.layers.norm import RMSNorm
+
+    generator = torch.Generator().manual_seed(seed)
+    norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
+    with torch.no_grad():
+        for param in model.parameters():
+            if id(param) in norm_weights:
+                param.fill_(1.0)
+            else:
+                values = torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.02
+                param.copy_(values.to(param.dtype))
+
+
+def build_model(
+    hf_config,
+    model_cls: type[nn.Module],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    weights: Iterable[tuple[str, torch.Tensor]] | None,
+) -> nn.Module:
+    """Build `model_cls(hf_config)` in `dtype` on `device` and fill it from `weights` (None: dummy weights)."""
+    device = torch.device(device)
+    with _params_on_meta():
+        model = model_cls(hf_config)
+    _materialize(model, dtype, device)
+    if weights is None:
+        _init_dummy(model)
+    else:
+        load_weights(model, weights, dtype)
+    return model.eval()

@@ -1,0 +1,55 @@
+"""The one place that picks an op's implementation for a device: Triton on CUDA, the torch reference elsewhere."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+
+import torch
+
+# op name -> (module under llmctl.kernels, reference function, fast function or None).
+# A Triton kernel lands by filling the third field; every caller keeps asking get_op().
+# LLMCTL_KERNELS=ref forces the references everywhere (debugging, A/B checks on a GPU).
+_OPS: dict[str, tuple[str, str, str | None]] = {
+    "rms_norm": ("rmsnorm", "rms_norm_ref", "rms_norm"),
+    "fused_add_rms_norm": ("rmsnorm", "fused_add_rms_norm_ref", "fused_add_rms_norm"),
+    "silu_and_mul": ("activation", "silu_and_mul_ref", "silu_and_mul"),
+    "gelu_tanh_and_mul": ("activation", "gelu_tanh_and_mul_ref", "gelu_tanh_and_mul"),
+    "apply_rotary": ("rotary", "apply_rotary_ref", "apply_rotary"),
+    "write_kv": ("kv_write", "write_kv_ref", "write_kv"),
+    "paged_attention": ("attention", "paged_attention_ref", "paged_attention"),
+    "varlen_attention": ("attention", "varlen_attention_ref", "varlen_attention"),
+}
+
+
+def available_ops() -> list[str]:
+    return sorted(_OPS)
+
+
+def _use_fast() -> bool:
+    """False when LLMCTL_KERNELS=ref asks for the references, or triton is missing."""
+    if os.environ.get("LLMCTL_KERNELS", "").strip().lower() == "ref":
+        return False
+    from llmctl.kernels.triton_compat import HAS_TRITON
+
+    return HAS_TRITON
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str, device_type: str, fast_allowed: bool) -> Callable:
+    try:
+        module_name, ref_name, fast_name = _OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown kernel op {name!r}; known: {', '.join(available_ops())}") from None
+    module = importlib.import_module(f"llmctl.kernels.{module_name}")
+    if fast_name is not None and device_type == "cuda" and fast_allowed:
+        return getattr(module, fast_name)
+    return getattr(module, ref_name)
+
+
+def get_op(name: str, device: torch.device | str = "cpu") -> Callable:
+    """The implementation of op `name` for tensors on `device`."""
+    device_type = torch.device(device).type
+    return _resolve(name, device_type, device_type == "cuda" and _use_fast())

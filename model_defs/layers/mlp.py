@@ -1,0 +1,22 @@
+"""Gated MLP with a fused gate_up projection: down(act(gate(x)) * up(x))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmctl.model_defs.layers.activation import get_act_and_mul
+from llmctl.model_defs.layers.linear import MergedLinear
+
+
+class GatedMLP(nn.Module):
+    """x (T, H) -> (T, H). Checkpoint gate_proj / up_proj fill shards 0 / 1 of gate_up_proj."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool = False):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size] * 2, [0, 1], bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = get_act_and_mul(hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))  # (T, 2I) -> (T, I) -> (T, H)

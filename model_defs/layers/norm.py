@@ -1,0 +1,27 @@
+"""RMSNorm layer, optionally fused with the residual add."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmctl.kernels.dispatch import get_op
+
+
+class RMSNorm(nn.Module):
+    """forward(x) -> y; forward(x, residual) -> (y, x + residual), as vLLM's fused residual norm."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        self.eps = eps
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return get_op("rms_norm", x.device)(x, self.weight, self.eps)
+        return get_op("fused_add_rms_norm", x.device)(x, residual, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -1,0 +1,182 @@
+"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2, Qwen3) compatible with HF weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmctl.model_defs.layers.attention import Attention
+from llmctl.model_defs.layers.context import ForwardContext
+from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.layers.mlp import GatedMLP
+from llmctl.model_defs.layers.norm import RMSNorm
+from llmctl.model_defs.layers.rotary import get_rope_from_config
+
+
+@dataclass(frozen=True)
+class LlamaVariant:
+    """What distinguishes the family members beyond their config.json (set per class, never from the name)."""
+
+    qkv_bias: bool | None = None  # None: config.attention_bias (Llama); Qwen2 always has q/k/v bias
+    o_bias: bool | None = None  # None: config.attention_bias; Qwen2 has none
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before rope
+    sliding_window: str = "none"  # "none" | "all" (Mistral: config.sliding_window) | "layer_types" (Qwen2/3)
+
+
+def head_dim_of(config) -> int:
+    # head_dim != hidden_size / num_attention_heads in e.g. Qwen3 and Llama-style checkpoints that set it.
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def num_kv_heads_of(config) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+def kv_cache_shape(config) -> tuple[int, int, int]:
+    """(num_layers, num_kv_heads, head_dim): what the paged KV cache needs per token."""
+    return config.num_hidden_layers, num_kv_heads_of(config), head_dim_of(config)
+
+
+def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    if variant.sliding_window == "all":
+        return window
+    if variant.sliding_window == "layer_types":
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types is not None and layer_types[layer_idx] == "sliding_attention":
+            return window
+    return None
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config, layer_idx: int, variant: LlamaVariant):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = num_kv_heads_of(config)
+        self.head_dim = head_dim_of(config)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        attention_bias = getattr(config, "attention_bias", False)
+        qkv_bias = attention_bias if variant.qkv_bias is None else variant.qkv_bias
+        o_bias = attention_bias if variant.o_bias is None else variant.o_bias
+
+        self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        if variant.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.qk_norm = variant.qk_norm
+        self.rotary_emb = get_rope_from_config(config, self.head_dim, is_neox_style=True)
+        self.attn = Attention(
+            self.num_heads,
+            self.head_dim,
+            self.head_dim**-0.5,
+            self.num_kv_heads,
+            layer_idx,
+            sliding_window=_sliding_window(config, layer_idx, variant),
+        )
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden_states)  # (T, (nh + 2 nkv) * hd)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:
+            q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).reshape(-1, self.q_size)
+            k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).reshape(-1, self.kv_size)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, ctx))
+
+
+class LlamaMLP(GatedMLP):
+    def __init__(self, config):
+        super().__init__(
+            config.hidden_size, config.intermediate_size, config.hidden_act, bias=getattr(config, "mlp_bias", False)
+        )
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx: int, variant: LlamaVariant):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx, variant)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        residual: torch.Tensor | None,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden_states
+            hidden_states = self.input_layernorm(hidden_states)
+        else:
+            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        hidden_states = self.self_attn(positions, hidden_states, ctx)
+        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        return self.mlp(hidden_states), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config, variant: LlamaVariant):
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(config, i, variant) for i in range(config.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        hidden_states = self.embed_tokens(input_ids)  # (T, H)
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual, ctx)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class LlamaForCausalLM(nn.Module):
+    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
+
+    variant = LlamaVariant()
+    # checkpoint name -> (fused parameter, shard); the generic loader in core/engine/loader.py reads it.
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, self.variant)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+        if getattr(config, "tie_word_embeddings", False):
+            self.lm_head.tie(self.model.embed_tokens)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        return self.model(input_ids, positions, ctx)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden_states)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    # Every layer uses config.sliding_window (None in Mistral v0.2+ configs means full attention).
+    variant = LlamaVariant(sliding_window="all")
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    # q/k/v carry a bias, o_proj none; sliding layers come from config.layer_types (use_sliding_window).
+    variant = LlamaVariant(qkv_bias=True, o_bias=False, sliding_window="layer_types")
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    # Per-head RMSNorm on q and k before rope; biases follow config.attention_bias.
+    variant = LlamaVariant(qk_norm=True, sliding_window="layer_types")
