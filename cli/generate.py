@@ -82,7 +82,7 @@ def generate(
     )
     use_chat = _chat_mode(chat, llm, items)
     requests = [_request(item, llm, use_chat, system) for item in items]
-    out = Output(json_output)
+    out = Output(json_output, json_when_piped=False)  # text stays text in a pipe; --json asks for records
     if stream is None:
         stream = len(items) == 1 and not out.json_mode and sys.stdout.isatty()
     if stream and len(items) == 1 and "error" not in requests[0]:

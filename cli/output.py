@@ -39,8 +39,8 @@ def stderr_console():
 class Output:
     """Chooses between human output (rich, on a TTY) and JSON (with --json, or when stdout is piped)."""
 
-    def __init__(self, json_mode: bool = False):
-        self.json_mode = json_mode or not sys.stdout.isatty()
+    def __init__(self, json_mode: bool = False, *, json_when_piped: bool = True):
+        self.json_mode = json_mode or (json_when_piped and not sys.stdout.isatty())
 
     def emit(self, data: dict[str, Any], render: Callable[[Any, dict[str, Any]], None]) -> None:
         if self.json_mode:
