@@ -1,0 +1,304 @@
+"""LLMEngine: the step loop — add requests, schedule, run the model, sample, detokenize, stop, report."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+from collections.abc import Iterable
+
+import torch
+
+from llmctl.core.engine.detokenizer import IncrementalDetokenizer, find_stop
+from llmctl.core.engine.kv_cache import (
+    DEFAULT_CPU_KV_CACHE_BYTES,
+    BlockManager,
+    KVCacheSpec,
+    allocate_kv_caches,
+    cuda_kv_budget,
+    num_blocks_for_budget,
+)
+from llmctl.core.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from llmctl.core.engine.runner import ModelRunner
+from llmctl.core.engine.sampler import Sampler, SamplingState
+from llmctl.core.engine.scheduler import Scheduler, SchedulerConfig
+from llmctl.core.engine.sequence import Sequence, SequenceStatus
+from llmctl.core.errors import UsageError
+
+
+class LLMEngine:
+    """Continuous-batching generation over a paged KV cache.
+
+    `add_request` queues a request; each `step()` runs one packed batch and returns a RequestOutput for
+    every request that produced a token (cumulative text and ids, `finished` set on the last one) or
+    was rejected (`error` set, finish_reason "error"). Requests that can never run (a prompt longer
+    than max_model_len, an empty prompt) are rejected one by one; the others go on.
+
+    The KV cache gets num_kv_blocks blocks when given, else as many as kv_cache_memory bytes hold
+    (any device), else as gpu_memory_utilization leaves on CUDA / 1 GiB on CPU, capped at what
+    max_num_seqs sequences of max_model_len use. When it cannot hold one sequence of max_model_len
+    tokens, shrink_max_model_len lowers max_model_len to fit (with a warning); otherwise UsageError.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_spec: KVCacheSpec,
+        *,
+        tokenizer=None,
+        device: torch.device | str = "cpu",
+        max_model_len: int,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int | None = None,
+        block_size: int = 16,
+        kv_cache_memory: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        num_kv_blocks: int | None = None,
+        eos_token_ids: Iterable[int] = (),
+        seed: int | None = 0,
+        shrink_max_model_len: bool = False,
+    ):
+        self.device = torch.device(device)
+        self.tokenizer = tokenizer
+        self.eos_token_ids = set(eos_token_ids)
+        self.max_model_len = max_model_len
+        if max_num_batched_tokens is None:
+            max_num_batched_tokens = max(2048, max_num_seqs)
+        self.config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len)
+        if block_size < 1:
+            raise UsageError(f"block_size must be at least 1 (got {block_size})")
+
+        if num_kv_blocks is None:
+            if kv_cache_memory is not None:  # an explicit byte budget wins on every device
+                budget = int(kv_cache_memory)
+            elif self.device.type == "cuda":
+                peak = _profile_peak(model, self.device, max_num_batched_tokens, max_model_len)
+                budget = cuda_kv_budget(self.device, gpu_memory_utilization, peak)
+            else:
+                budget = DEFAULT_CPU_KV_CACHE_BYTES
+            num_kv_blocks = num_blocks_for_budget(kv_spec, block_size, budget, max_model_len, max_num_seqs)
+        capacity = num_kv_blocks * block_size
+        if capacity < max_model_len:
+            if not shrink_max_model_len or num_kv_blocks < 1:
+                raise UsageError(
+                    f"the KV cache holds {capacity} tokens, fewer than max_model_len={max_model_len}",
+                    hint="lower max_model_len, or give the cache more memory (kv_cache_memory, "
+                    "gpu_memory_utilization) or blocks (num_kv_blocks)",
+                )
+            warnings.warn(f"max_model_len lowered from {max_model_len} to {capacity}: what the KV cache holds")
+            max_model_len = capacity
+            self.max_model_len = capacity
+            self.config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, capacity)
+        self.block_manager = BlockManager(num_kv_blocks, block_size)
+        kv_caches = allocate_kv_caches(kv_spec, num_kv_blocks, block_size, self.device)
+        self.sampler = Sampler(seed=seed, device=self.device)  # unseeded requests share its generator
+        self.runner = ModelRunner(model, kv_caches, block_size, self.device, self.sampler)
+        self.scheduler = Scheduler(self.config, self.block_manager)
+        self._token_text: dict[int, str] = {}
+        self._seqs: dict[str, Sequence] = {}
+        self._rejected: list[Sequence] = []
+        self._counter = itertools.count()
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def next_request_id(self) -> str:
+        return str(next(self._counter))
+
+    def add_request(
+        self,
+        request_id: str,
+        params,
+        prompt: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue one request; a text prompt is tokenized here unless prompt_token_ids are given."""
+        if request_id in self._seqs:
+            raise UsageError(f"request id {request_id!r} is already in use")
+        if prompt_token_ids is None:
+            if prompt is None:
+                raise UsageError("a request needs a text prompt or prompt_token_ids")
+            if self.tokenizer is None:
+                raise UsageError(
+                    "this LLM was built with skip_tokenizer_init=True: pass token prompts",
+                    hint='use {"prompt_token_ids": [...]} instead of a string',
+                )
+            prompt_token_ids = self.tokenizer.encode(prompt)
+        prompt_token_ids = [int(t) for t in prompt_token_ids]
+        metrics = RequestMetrics(arrival_time=time.time() if arrival_time is None else arrival_time)
+        seq = Sequence(request_id, prompt, prompt_token_ids, params, metrics)
+        self._seqs[request_id] = seq
+        error = self._validate(seq)
+        if error is not None:
+            self._reject(seq, error)
+            return
+        seq.sampling_state = SamplingState(
+            params, seq.prompt_token_ids, seq.output_token_ids, tuple(sorted(self.eos_token_ids))
+        )
+        if self.tokenizer is not None:
+            seq.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, seq.prompt_token_ids, skip_special_tokens=params.skip_special_tokens
+            )
+        self.scheduler.add(seq)
+
+    def _reject(self, seq: Sequence, error: str) -> None:
+        """Finish seq with an error; its output goes out with the next step."""
+        seq.error = error
+        seq.finish_reason = "error"
+        seq.status = SequenceStatus.FINISHED
+        seq.metrics.finished_time = time.time()
+        self._rejected.append(seq)
+
+    def _validate(self, seq: Sequence) -> str | None:
+        if seq.prompt_len == 0:
+            return "the prompt is empty"
+        why = self.scheduler.check_fits(seq.prompt_len)
+        if why is not None:
+            return why
+        vocab = self.vocab_size
+        if min(seq.prompt_token_ids) < 0 or (vocab is not None and max(seq.prompt_token_ids) >= vocab):
+            return f"the prompt holds token ids outside the vocabulary (size {vocab})"
+        return None
+
+    def abort_request(self, request_id: str) -> None:
+        seq = self._seqs.pop(request_id, None)
+        if seq is not None and not seq.is_finished:
+            self.scheduler.finish(seq)
+            seq.finish_reason = "abort"
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._rejected)
+
+    def num_unfinished_requests(self) -> int:
+        return self.scheduler.num_unfinished() + len(self._rejected)
+
+    # -- the step -----------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one packed batch; outputs of requests that advanced, finished or were rejected."""
+        outputs = [self._make_output(seq) for seq in self._rejected]
+        for seq in self._rejected:
+            self._seqs.pop(seq.request_id, None)
+        self._rejected = []
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            if self.scheduler.waiting and not self.scheduler.running:
+                # Cannot happen while the cache holds max_model_len tokens; never spin if it does.
+                seq = self.scheduler.waiting[0]
+                self.scheduler.finish(seq)
+                self._reject(seq, f"{seq.num_tokens} tokens need more KV cache blocks than the engine has")
+            return outputs
+        result = self.runner.execute(sched.scheduled)
+        for seq, n in sched.scheduled:
+            seq.num_computed_tokens += n
+            for entry in result.prompt_logprobs.get(id(seq), ()):
+                seq.prompt_logprobs.append(self._logprobs(entry))
+        now = time.time()
+        for seq, token, raw in zip(result.sample_seqs, result.token_ids, result.logprobs):
+            logprobs = None if raw is None else self._logprobs(raw)
+            self._append_token(seq, token, logprobs, now)
+            if seq.finish_reason is not None:
+                self.scheduler.finish(seq)
+                seq.metrics.finished_time = now
+                self._seqs.pop(seq.request_id, None)
+            outputs.append(self._make_output(seq))
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprobs, now: float) -> None:
+        seq.output_token_ids.append(token)
+        if logprobs is not None:
+            seq.output_logprobs.append(logprobs)
+            seq.cumulative_logprob += logprobs[token].logprob
+        if seq.metrics.first_token_time is None:
+            seq.metrics.first_token_time = now
+        seq.metrics.last_token_time = now
+        params = seq.params
+        delta_len = 0
+        if seq.detokenizer is not None:
+            delta = seq.detokenizer.step(token)
+            delta_len = len(delta)
+            seq.text = seq.detokenizer.text
+        n_out = seq.num_output_tokens
+        if n_out >= params.min_tokens:
+            if not params.ignore_eos and token in self.eos_token_ids:
+                seq.finish_reason = "stop"
+                return
+            if token in params.stop_token_ids:
+                seq.finish_reason, seq.stop_reason = "stop", token
+                return
+            if params.stop and seq.detokenizer is not None:
+                text, stop_str = find_stop(
+                    seq.text, delta_len, params.stop, params.include_stop_str_in_output
+                )
+                if stop_str is not None:
+                    seq.text = text if text is not None else seq.text
+                    seq.finish_reason, seq.stop_reason = "stop", stop_str
+                    return
+        if params.max_tokens is not None and n_out >= params.max_tokens:
+            seq.finish_reason = "length"
+        elif seq.num_tokens >= self.max_model_len:
+            seq.finish_reason = "length"
+
+    @property
+    def vocab_size(self) -> int | None:
+        config = getattr(self.runner.model, "config", None)
+        return getattr(config, "vocab_size", None)
+
+    def _logprobs(self, raw: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
+        return {tok: Logprob(lp, rank, self._decode_token(tok)) for tok, (lp, rank) in raw.items()}
+
+    def _decode_token(self, token: int) -> str | None:
+        if self.tokenizer is None:
+            return None
+        text = self._token_text.get(token)
+        if text is None:
+            text = self._token_text[token] = self.tokenizer.decode([token])
+        return text
+
+    def _make_output(self, seq: Sequence) -> RequestOutput:
+        want_lp = getattr(seq.params, "logprobs", None) is not None
+        completion = CompletionOutput(
+            index=0,
+            text=seq.text,
+            token_ids=list(seq.output_token_ids),
+            cumulative_logprob=seq.cumulative_logprob if want_lp else None,
+            logprobs=list(seq.output_logprobs) if want_lp else None,
+            finish_reason=seq.finish_reason,
+            stop_reason=seq.stop_reason,
+        )
+        return RequestOutput(
+            request_id=seq.request_id,
+            prompt=seq.prompt,
+            prompt_token_ids=seq.prompt_token_ids,
+            prompt_logprobs=seq.prompt_logprobs,
+            outputs=[completion],
+            finished=seq.finish_reason is not None,
+            metrics=seq.metrics,
+            error=seq.error,
+        )
+
+
+def _profile_peak(model, device: torch.device, max_num_batched_tokens: int, max_model_len: int) -> int:
+    """Peak bytes of one cache-less forward over a full token budget (weights included)."""
+    from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
+
+    n = max(1, min(max_num_batched_tokens, max_model_len))
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    meta = AttentionMetadata(
+        query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([n], dtype=torch.int32, device=device),
+        slot_mapping=torch.zeros(n, dtype=torch.int64, device=device),
+        block_tables=torch.zeros((1, 1), dtype=torch.int32, device=device),
+        max_query_len=n,
+        max_seq_len=n,
+    )
+    with torch.inference_mode():
+        ids = torch.zeros(n, dtype=torch.int64, device=device)
+        pos = torch.arange(n, dtype=torch.int64, device=device)
+        hidden = model(ids, pos, ForwardContext(meta, None))
+        model.compute_logits(hidden[-1:])
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    torch.cuda.empty_cache()
+    return peak

@@ -1,0 +1,343 @@
+"""The LLM class: vLLM's offline API (generate, chat) on llmctl's own engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmctl.core.engine.engine import LLMEngine
+from llmctl.core.engine.kv_cache import kv_cache_spec
+from llmctl.core.engine.outputs import RequestOutput
+from llmctl.core.engine.sampling_params import SamplingParams
+from llmctl.core.engine.tokenizer import (
+    apply_chat_template,
+    eos_token_ids,
+    is_conversation,
+    is_gguf,
+    load_tokenizer,
+)
+from llmctl.core.errors import ModelReadError, UnsupportedModelError, UsageError
+
+_DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}  # fmt: skip
+
+# Engine options accepted beyond the named arguments; vLLM options that change nothing here are ignored.
+_ENGINE_OPTIONS = {"max_num_batched_tokens", "block_size", "kv_cache_memory", "num_kv_blocks"}
+_IGNORED_OPTIONS = {"enforce_eager", "swap_space", "disable_log_stats", "tokenizer_mode", "enable_prefix_caching"}
+
+
+def resolve_model_path(model: str | Path, revision: str | None = None) -> Path:
+    """A local model folder or .gguf file for `model` (a path, alias, or hub / ModelScope id)."""
+    from llmctl.core.resolve import resolve_model
+
+    return Path(resolve_model(str(model), revision=revision).materialize())
+
+
+def model_class(architectures: list[str] | None) -> type[torch.nn.Module]:
+    """The model_def class the registry names for an HF `architectures` list."""
+    from llmctl.core import registry
+
+    if not architectures:
+        raise ModelReadError("config.json has no 'architectures' entry: cannot tell which model to build")
+    row = registry.get_arch(architectures[0])
+    if registry.GENERATE not in row.tasks:
+        raise UnsupportedModelError(
+            f"{row.architecture} is not a text-generation model (tasks: {', '.join(row.tasks)})",
+            hint="use task='embed' / `llmctl embed` for embedding models",
+        )
+    return registry.load_model_class(row)
+
+
+def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str | None = None):
+    """A transformers PretrainedConfig for a model folder, or built from a GGUF file's metadata.
+
+    For GGUF the metadata already spells out every field the model_defs read, so a plain
+    PretrainedConfig carries it: importing transformers' per-model config classes costs seconds.
+    """
+    if is_gguf(path):
+        from transformers import PretrainedConfig
+
+        from llmctl.core.engine.gguf_loader import gguf_hf_config
+
+        d = {k: v for k, v in gguf_hf_config(path).items() if v is not None or k != "rope_scaling"}
+        config = PretrainedConfig(**d)
+        config.model_type = d.get("model_type", "llama")
+        return config
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ModelReadError(f"cannot read the config of {path}: {exc}") from exc
+
+
+def resolve_dtype(dtype: str | torch.dtype, hf_config, device: torch.device) -> torch.dtype:
+    """dtype "auto" is the checkpoint's torch_dtype on CUDA; on CPU, float32 when that is bf16/fp16.
+
+    (CPU matmuls in half precision are slow and less exact; float32 is what the CPU tests compare.)
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise UsageError(f"unknown dtype {dtype!r}", hint=f"use auto or one of {', '.join(_DTYPES)}")
+        return _DTYPES[dtype]
+    ckpt = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    if isinstance(ckpt, str):
+        ckpt = _DTYPES.get(ckpt)
+    if not isinstance(ckpt, torch.dtype) or ckpt not in (torch.float32, torch.float16, torch.bfloat16):
+        ckpt = torch.float32
+    if device.type == "cpu":
+        return torch.float32
+    return ckpt
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda was asked for, but torch sees no CUDA device", hint="use device='cpu'")
+    return dev
+
+
+def _weights(path: Path, load_format: str, dtype: torch.dtype):
+    """The (hf_name, tensor) iterator for load_format, or None for dummy weights."""
+    from llmctl.core.engine import loader
+
+    if load_format == "dummy":
+        return None
+    if is_gguf(path):
+        if load_format not in ("auto", "gguf"):
+            raise UsageError(f"load_format={load_format} does not apply to a .gguf file")
+        from llmctl.core.engine.gguf_loader import iter_gguf_weights
+
+        return iter_gguf_weights(path, dtype)
+    table = {"auto": loader.iter_checkpoint, "safetensors": loader.iter_safetensors, "pt": loader.iter_torch_bin}
+    if load_format not in table:
+        raise UsageError(f"unknown load_format {load_format!r}", hint="use auto, safetensors, pt, gguf or dummy")
+    return table[load_format](path)
+
+
+def _generation_config(path: Path):
+    if is_gguf(path) or not (path / "generation_config.json").is_file():
+        return None
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(path))
+    except (OSError, ValueError):
+        return None
+
+
+class LLM:
+    """Generate text from a model on llmctl's engine, with vLLM's offline API.
+
+    `model` is a local folder, a .gguf file, or anything core/resolve.py resolves (hub ids, aliases).
+    dtype "auto" keeps the checkpoint's dtype on CUDA and uses float32 on CPU when the checkpoint is
+    bf16/fp16; device "auto" is cuda when available, else cpu. max_model_len defaults to the model's
+    max_position_embeddings, lowered (with a warning) to what the KV cache holds. Engine options:
+    max_num_batched_tokens (default max(2048, max_num_seqs)), block_size (16), kv_cache_memory (bytes
+    of KV cache on any device; default on CPU 1 GiB, on CUDA what gpu_memory_utilization leaves; capped
+    at what max_num_seqs sequences of max_model_len need), num_kv_blocks (fixes the block count);
+    enforce_eager is accepted (no CUDA graphs yet).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        tokenizer: str | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+        seed: int | None = 0,
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        quantization: str | None = None,
+        model_impl: str = "auto",
+        task: str = "generate",
+        load_format: str = "auto",
+        skip_tokenizer_init: bool = False,
+        gpu_memory_utilization: float = 0.9,
+        max_num_seqs: int = 256,
+        revision: str | None = None,
+        tokenizer_revision: str | None = None,
+        tensor_parallel_size: int = 1,
+        **engine_options: Any,
+    ):
+        unknown = set(engine_options) - _ENGINE_OPTIONS - _IGNORED_OPTIONS
+        if unknown:
+            raise UsageError(f"unknown LLM option(s): {', '.join(sorted(unknown))}")
+        if task not in ("generate", "auto"):
+            raise UnsupportedModelError(f"task={task!r} is not available in llmctl's generate engine")
+        if model_impl not in ("auto", "native"):
+            raise UnsupportedModelError(f"model_impl={model_impl!r} is not available; use 'auto' or 'native'")
+        if tensor_parallel_size != 1:
+            raise UsageError("llmctl runs on one device: tensor_parallel_size must be 1")
+        if not 0.0 < gpu_memory_utilization <= 1.0:
+            raise UsageError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        path = resolve_model_path(model, revision)
+        if quantization not in (None, "gguf") or (quantization == "gguf" and not is_gguf(path)):
+            raise UnsupportedModelError(f"quantization={quantization!r} is not supported by llmctl's engine yet")
+
+        self.model_path = path
+        self.device = resolve_device(device)
+        self.hf_config = load_hf_config(path, trust_remote_code=trust_remote_code, revision=revision)
+        self.dtype = resolve_dtype(dtype, self.hf_config, self.device)
+        model_cls = model_class(getattr(self.hf_config, "architectures", None))
+        max_pos = getattr(self.hf_config, "max_position_embeddings", None)
+        shrink = max_model_len is None  # the model's full context, unless the KV cache holds less
+        if max_model_len is None:
+            max_model_len = max_pos or 2048
+        elif max_pos is not None and max_model_len > max_pos:
+            raise UsageError(f"max_model_len={max_model_len} is more than the model's {max_pos} positions")
+
+        self.tokenizer = None
+        if not skip_tokenizer_init:
+            self.tokenizer = load_tokenizer(
+                tokenizer or path, revision=tokenizer_revision or revision, trust_remote_code=trust_remote_code
+            )
+        from llmctl.core.engine.loader import build_model
+
+        t0 = time.perf_counter()
+        net = build_model(self.hf_config, model_cls, self.dtype, self.device, _weights(path, load_format, self.dtype))
+        self.load_seconds = time.perf_counter() - t0
+        eos = eos_token_ids(self.tokenizer, self.hf_config, _generation_config(path))
+        self.llm_engine = LLMEngine(
+            net,
+            kv_cache_spec(self.hf_config, self.dtype),
+            tokenizer=self.tokenizer,
+            device=self.device,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=engine_options.get("max_num_batched_tokens"),
+            block_size=engine_options.get("block_size", 16),
+            kv_cache_memory=engine_options.get("kv_cache_memory"),
+            gpu_memory_utilization=gpu_memory_utilization,
+            num_kv_blocks=engine_options.get("num_kv_blocks"),
+            eos_token_ids=eos,
+            seed=seed,
+            shrink_max_model_len=shrink,
+        )
+        self.max_model_len = self.llm_engine.max_model_len
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    # -- generate -----------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: str | dict | Seq[str | dict],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order; a prompt that cannot run gets `error` set, the rest go on."""
+        items = _prompt_list(prompts)
+        params = _params_list(sampling_params, len(items))
+        ids = [self._add(item, p) for item, p in zip(items, params)]
+        return self._run(ids, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        continue_final_message: bool = False,
+        tools: list[dict] | None = None,
+    ) -> list[RequestOutput]:
+        """Apply the chat template to one conversation or a list of them, then generate."""
+        conversations = [messages] if is_conversation(messages) else list(messages)
+        prompts = []
+        for conv in conversations:
+            text, ids = apply_chat_template(
+                self.tokenizer,
+                conv,
+                add_generation_prompt=add_generation_prompt,
+                chat_template=chat_template,
+                continue_final_message=continue_final_message,
+                tools=tools,
+            )
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def stream(self, prompt: str | dict, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Yield the growing RequestOutput of one prompt after each token; the last one has finished=True."""
+        request_id = self._add(_prompt_list(prompt)[0], sampling_params or SamplingParams())
+        engine = self.llm_engine
+        while True:
+            for out in engine.step():
+                if out.request_id == request_id:
+                    yield out
+                    if out.finished:
+                        return
+            if not engine.has_unfinished_requests():
+                return
+
+    def _add(self, item: dict, params: SamplingParams) -> str:
+        engine = self.llm_engine
+        request_id = engine.next_request_id()
+        engine.add_request(request_id, params, prompt=item.get("prompt"), prompt_token_ids=item.get("prompt_token_ids"))
+        return request_id
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        finished: dict[str, RequestOutput] = {}
+        bar = _progress(len(request_ids)) if use_tqdm else None
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+        except BaseException:  # Ctrl-C or a failing step: leave no half-run request behind
+            for request_id in request_ids:
+                engine.abort_request(request_id)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [finished[r] for r in request_ids]
+
+
+def _prompt_list(prompts) -> list[dict]:
+    """Normalise generate()'s prompt forms to dicts with "prompt" and/or "prompt_token_ids"."""
+    if isinstance(prompts, (str, dict)):
+        prompts = [prompts]
+    items = []
+    for p in prompts:
+        if isinstance(p, str):
+            items.append({"prompt": p})
+        elif isinstance(p, dict) and ("prompt_token_ids" in p or "prompt" in p):
+            items.append(p)
+        else:
+            raise UsageError(f'a prompt is a string, {{"prompt": ...}} or {{"prompt_token_ids": [...]}}; got {p!r}')
+    return items
+
+
+def _params_list(sampling_params, n: int) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams()] * n
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * n
+    params = list(sampling_params)
+    if len(params) != n:
+        raise UsageError(f"got {len(params)} SamplingParams for {n} prompts: pass one, or one per prompt")
+    return params
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="generate", unit="req")

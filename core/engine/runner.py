@@ -1,0 +1,138 @@
+"""Runs one scheduled step: packs tokens, builds attention metadata, calls the model, gathers the logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmctl.core.engine.sampler import Sampler
+from llmctl.core.engine.sequence import Sequence
+from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
+
+
+@dataclass
+class StepOutput:
+    """What one step produced.
+
+    sample_seqs[i] got token_ids[i] (with logprobs[i], {token: (logprob, rank)}, when it asked);
+    prompt_logprobs maps id(seq) to the logprob dicts of the prompt tokens this step covered, in order.
+    """
+
+    sample_seqs: list[Sequence]
+    token_ids: list[int]
+    logprobs: list[dict[int, tuple[float, int]] | None]
+    prompt_logprobs: dict[int, list[dict[int, tuple[float, int]]]]
+
+
+@dataclass
+class PackedBatch:
+    """Model inputs of one step, on the device."""
+
+    input_ids: torch.Tensor  # (T,) int64
+    positions: torch.Tensor  # (T,) int64
+    attn_metadata: AttentionMetadata
+
+
+class ModelRunner:
+    """Owns the model and its KV cache; device-agnostic (plain torch on CPU and CUDA alike)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_caches: list[torch.Tensor],
+        block_size: int,
+        device: torch.device,
+        sampler: Sampler,
+    ):
+        self.model = model
+        self.sampler = sampler
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = torch.device(device)
+        self._pin = self.device.type == "cuda"
+
+    def _to_device(self, data: list, dtype: torch.dtype) -> torch.Tensor:
+        t = torch.tensor(data, dtype=dtype, pin_memory=self._pin)
+        return t.to(self.device, non_blocking=True)
+
+    def prepare(self, scheduled: list[tuple[Sequence, int]]) -> PackedBatch:
+        """Pack the new tokens of every scheduled sequence, with no padding, and their cache slots."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start_loc = [0]
+        seq_lens: list[int] = []
+        tables: list[list[int]] = []
+        for seq, n in scheduled:
+            start = seq.num_computed_tokens
+            end = start + n
+            input_ids.extend(seq.token_ids(start, end))
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            query_start_loc.append(query_start_loc[-1] + n)
+            seq_lens.append(end)
+            tables.append(table)
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        meta = AttentionMetadata(
+            query_start_loc=self._to_device(query_start_loc, torch.int32),
+            seq_lens=self._to_device(seq_lens, torch.int32),
+            slot_mapping=self._to_device(slots, torch.int64),
+            block_tables=self._to_device(padded, torch.int32),  # (B, max_blocks)
+            max_query_len=max(n for _, n in scheduled),
+            max_seq_len=max(seq_lens),
+        )
+        return PackedBatch(
+            input_ids=self._to_device(input_ids, torch.int64),
+            positions=self._to_device(positions, torch.int64),
+            attn_metadata=meta,
+        )
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[tuple[Sequence, int]]) -> StepOutput:
+        """Run the model over the packed batch, then sample every sequence that caught up.
+
+        A sequence samples when this step brings its cache up to all of its tokens (the last chunk of a
+        prefill, or a decode), from the logits of its last scheduled token. Prompt logprobs come from
+        the logits at the prompt positions of this step, for the requests that asked.
+        """
+        batch = self.prepare(scheduled)
+        ctx = ForwardContext(batch.attn_metadata, self.kv_caches)
+        hidden = self.model(batch.input_ids, batch.positions, ctx)  # (T, H)
+
+        sample_seqs: list[Sequence] = []
+        sample_rows: list[int] = []
+        prompt_rows: list[int] = []
+        prompt_spans: list[tuple[Sequence, range, int]] = []
+        offset = 0
+        for seq, n in scheduled:
+            start = seq.num_computed_tokens
+            if start + n == seq.num_tokens:
+                sample_seqs.append(seq)
+                sample_rows.append(offset + n - 1)
+            pending = seq.prompt_logprobs_pending(start, start + n)
+            if len(pending):
+                prompt_spans.append((seq, pending, len(prompt_rows)))
+                prompt_rows.extend(offset + p - start for p in pending)
+            offset += n
+
+        out = StepOutput(sample_seqs, [], [], {})
+        rows = sample_rows + prompt_rows
+        if not rows:
+            return out
+        idx = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+        logits = self.model.compute_logits(hidden[idx]).float()  # (len(rows), V)
+        ns = len(sample_rows)
+        if ns:
+            sampled = self.sampler.sample(logits[:ns], [seq.sampling_state for seq in sample_seqs])
+            out.token_ids = sampled.token_ids
+            out.logprobs = sampled.logprobs
+        for seq, pending, first in prompt_spans:
+            rows_lp = logits[ns + first : ns + first + len(pending)]  # (L, V), row j predicts token p0+j+1
+            tokens = seq.prompt_token_ids[pending.start : pending.stop + 1]
+            k = seq.params.prompt_logprobs
+            out.prompt_logprobs[id(seq)] = self.sampler.prompt_logprobs(rows_lp, tokens, k)[1:]
+        return out
