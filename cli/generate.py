@@ -188,15 +188,18 @@ def _write(out: Output, record: dict[str, Any], many: bool) -> None:
 
 
 def _stream(llm, request: dict[str, Any], params, json_mode: bool, item: PromptItem) -> None:
+    """Print the text of one prompt as it grows; hold back what could still turn out to be a stop string."""
+    hold = params.stop_buffer_length
     shown = 0
     final = None
     for partial in llm.stream({k: v for k, v in request.items() if k != "index"}, params):
         final = partial
         if partial.error is None and not json_mode:
             text = partial.outputs[0].text
-            sys.stdout.write(text[shown:])
+            end = len(text) if partial.finished else max(len(text) - hold, shown)
+            sys.stdout.write(text[shown:end])
             sys.stdout.flush()
-            shown = len(text)
+            shown = end
     if final is None:
         return
     record = _record(item, final, params)
@@ -206,4 +209,4 @@ def _stream(llm, request: dict[str, Any], params, json_mode: bool, item: PromptI
         warn(record["error"])
         raise typer.Exit(EXIT_ERROR)
     else:
-        sys.stdout.write("\n")
+        sys.stdout.write(final.outputs[0].text[shown:] + "\n")
