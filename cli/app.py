@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from llmctl import __version__
+from llmctl.cli.bench import bench
 from llmctl.cli.check import check
 from llmctl.cli.config import config_app
 from llmctl.cli.embed import embed
@@ -51,6 +52,7 @@ app.command("inspect-arch")(handle_errors(inspect_arch))
 app.command("quantize-info")(handle_errors(quantize_info))
 app.command("generate")(handle_errors(generate))
 app.command("embed")(handle_errors(embed))
+app.command("bench")(handle_errors(bench))
 app.add_typer(config_app, name="config")
 
 

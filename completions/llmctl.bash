@@ -6,11 +6,26 @@ _llmctl() {
         word="${COMP_WORDS[i]}"
         case "$word" in -*) continue ;; esac
         case "$path" in
-            "") case "$word" in check|config|embed|generate|inspect-arch|quantize-info) path="${path:+$path }$word" ;; esac ;;
+            "") case "$word" in bench|check|config|embed|generate|inspect-arch|quantize-info) path="${path:+$path }$word" ;; esac ;;
             "config") case "$word" in show) path="${path:+$path }$word" ;; esac ;;
         esac
     done
     case "$path" in
+        "bench")
+            case "$prev" in
+                --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --input-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-prompts) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --against) COMPREPLY=($(compgen -W "transformers" -- "$cur")); return ;;
+                --repeats) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-model-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--random-weights --dtype --device --batch-size --input-len --output-len --num-prompts --against --repeats --json --enforce-eager --max-model-len --help -h" -- "$cur"))
+            [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur"))
+            ;;
         "check")
             case "$prev" in
                 --task) COMPREPLY=($(compgen -W "generate embed" -- "$cur")); return ;;
@@ -89,7 +104,7 @@ _llmctl() {
             COMPREPLY=($(compgen -W "--json --revision --source --help -h" -- "$cur"))
             [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur"))
             ;;
-        "") COMPREPLY=($(compgen -W "check config embed generate inspect-arch quantize-info --debug --version --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "bench check config embed generate inspect-arch quantize-info --debug --version --help -h" -- "$cur")) ;;
         "config") COMPREPLY=($(compgen -W "show --help" -- "$cur")) ;;
     esac
 }
