@@ -180,15 +180,16 @@ def _init_dummy(model: nn.Module, seed: int = 0) -> None:
     """Random weights of the right shapes: norms 1, everything else N(0, 0.02) (load_format="dummy")."""
     from llmctl.model_defs.layers.norm import RMSNorm
 
-    generator = torch.Generator().manual_seed(seed)
     norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
+    generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for param in model.parameters():
             if id(param) in norm_weights:
                 param.fill_(1.0)
-            else:
-                values = torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.02
-                param.copy_(values.to(param.dtype))
+                continue
+            # Drawn where the parameter lives: an 8B model's weights take seconds on a GPU, a minute on a CPU.
+            gen = generators.setdefault(param.device, torch.Generator(param.device).manual_seed(seed))
+            param.normal_(0.0, 0.02, generator=gen)
 
 
 def build_model(
