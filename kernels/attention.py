@@ -1,11 +1,14 @@
-"""Varlen attention over a packed batch, with and without the paged KV cache: torch references."""
+"""Varlen attention over a packed batch, with and without the paged KV cache: Triton kernels and torch references.
+
+The prefill kernel lives here; the split-KV decode kernel is in attention_decode.py.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from llmctl.kernels.triton_compat import require_triton, tl, triton
 from llmctl.kernels.attention_decode import decode_paged
+from llmctl.kernels.triton_compat import require_triton, tl, triton
 from llmctl.kernels.tuning import prefill_launch
 
 
@@ -22,6 +25,70 @@ def _find_seq(query_start_loc_ptr, tile, num_seqs, BLOCK_M: tl.constexpr):
         else:
             hi = mid
     return lo - 1
+
+
+@triton.jit
+def _prefill_tile(
+    acc, l_i, m_i, q, q_pos, m_mask, offs_d, start_n, hi, seq, q_start, kv_head,
+    k_ptr, v_ptr, block_tables_ptr, slope, scale, softcap, window,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    PAGED: tl.constexpr, CAUSAL: tl.constexpr, USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr,
+    USE_ALIBI: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """One BLOCK_N step of the online softmax: keys [start_n, start_n + BLOCK_N) against the q tile.
+
+    Without MASKED the caller guarantees every key is below `hi` and visible to every row.
+    """
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < hi
+    if PAGED:
+        if MASKED:
+            block = tl.load(block_tables_ptr + seq * stride_bt + offs_n // PAGE_SIZE, mask=n_mask, other=0)
+        else:
+            block = tl.load(block_tables_ptr + seq * stride_bt + offs_n // PAGE_SIZE)
+        block = block.to(tl.int64)
+        slot = offs_n % PAGE_SIZE
+        k_off = block * stride_kb + slot * stride_ks + kv_head * stride_kh
+        v_off = block * stride_vb + slot * stride_vs + kv_head * stride_vh
+    else:
+        rows = (q_start + offs_n).to(tl.int64)
+        k_off = rows * stride_ks + kv_head * stride_kh
+        v_off = rows * stride_vs + kv_head * stride_vh
+    d_mask = offs_d < HEAD_DIM
+    if MASKED:
+        kt = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=n_mask[None, :] & d_mask[:, None], other=0.0)
+        v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    elif BLOCK_D == HEAD_DIM:
+        kt = tl.load(k_ptr + k_off[None, :] + offs_d[:, None])  # (BLOCK_D, BLOCK_N)
+        v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :])  # (BLOCK_N, BLOCK_D)
+    else:
+        kt = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=d_mask[:, None], other=0.0)
+        v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+    if UPCAST:  # the CPU interpreter's bf16 dot is wrong (triton 3.9): multiply in fp32 there
+        kt = kt.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q.to(kt.dtype), kt, input_precision=DOT_PREC) * scale  # (BLOCK_M, BLOCK_N)
+    if USE_SOFTCAP:
+        s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)  # softcap * tanh(s / softcap)
+    rel = offs_n[None, :] - q_pos[:, None]  # key position minus query position
+    if USE_ALIBI:
+        s += slope * rel.to(tl.float32)
+    if MASKED:
+        visible = n_mask[None, :] & m_mask[:, None]
+        if CAUSAL:
+            visible = visible & (rel <= 0)
+        if USE_WINDOW:
+            visible = visible & (rel > -window)
+            if not CAUSAL:
+                visible = visible & (rel < window)
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+    alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -110,49 +177,36 @@ def _attn_prefill_kernel(
     lo = 0
     if USE_WINDOW:
         lo = (tl.maximum(0, first_pos - window + 1) // BLOCK_N) * BLOCK_N
+    slope = 0.0
     if USE_ALIBI:
         slope = tl.load(alibi_ptr + head).to(tl.float32)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: fully masked tiles then give exp(-inf) = 0, not NaN
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < hi
-        if PAGED:
-            block = tl.load(block_tables_ptr + seq * stride_bt + offs_n // PAGE_SIZE, mask=n_mask, other=0).to(tl.int64)
-            slot = offs_n % PAGE_SIZE
-            k_off = block * stride_kb + slot * stride_ks + kv_head * stride_kh
-            v_off = block * stride_vb + slot * stride_vs + kv_head * stride_vh
-        else:
-            rows = (q_start + offs_n).to(tl.int64)
-            k_off = rows * stride_ks + kv_head * stride_kh
-            v_off = rows * stride_vs + kv_head * stride_vh
-        kt = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=n_mask[None, :] & d_mask[:, None], other=0.0)
-        v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        if UPCAST:  # the CPU interpreter's bf16 dot is wrong (triton 3.9): multiply in fp32 there
-            kt = kt.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q.to(kt.dtype), kt, input_precision=DOT_PREC) * scale  # (BLOCK_M, BLOCK_N)
-        if USE_SOFTCAP:
-            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)  # softcap * tanh(s / softcap)
-        rel = offs_n[None, :] - q_pos[:, None]  # key position minus query position
-        if USE_ALIBI:
-            s += slope * rel.to(tl.float32)
-        visible = n_mask[None, :] & m_mask[:, None]
+    # Keys below `mid` are visible to every row of the tile (no window): those tiles skip the masking work.
+    mid = lo
+    if not USE_WINDOW:
         if CAUSAL:
-            visible = visible & (rel <= 0)
-        if USE_WINDOW:
-            visible = visible & (rel > -window)
-            if not CAUSAL:
-                visible = visible & (rel < window)
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
-        alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
+            mid = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+        else:
+            mid = (seq_len // BLOCK_N) * BLOCK_N
+    for start_n in range(lo, mid, BLOCK_N):
+        acc, l_i, m_i = _prefill_tile(
+            acc, l_i, m_i, q, q_pos, m_mask, offs_d, start_n, hi, seq, q_start, kv_head,
+            k_ptr, v_ptr, block_tables_ptr, slope, scale, softcap, window,
+            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+            HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, USE_WINDOW, USE_SOFTCAP, USE_ALIBI, False,
+            DOT_PREC, UPCAST,
+        )
+    for start_n in range(mid, hi, BLOCK_N):
+        acc, l_i, m_i = _prefill_tile(
+            acc, l_i, m_i, q, q_pos, m_mask, offs_d, start_n, hi, seq, q_start, kv_head,
+            k_ptr, v_ptr, block_tables_ptr, slope, scale, softcap, window,
+            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+            HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, USE_WINDOW, USE_SOFTCAP, USE_ALIBI, True,
+            DOT_PREC, UPCAST,
+        )
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     tl.store(
         o_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
@@ -172,11 +226,13 @@ def _options(q: torch.Tensor, scale, sliding_window, logit_softcap, alibi_slopes
         scale=float(scale),
         softcap=float(logit_softcap) if logit_softcap is not None else 0.0,
         window=int(sliding_window) if sliding_window is not None else 0,
-        USE_WINDOW=sliding_window is not None,
-        USE_SOFTCAP=logit_softcap is not None,
-        USE_ALIBI=alibi_slopes is not None,
-        DOT_PREC="ieee" if q.dtype == torch.float32 or q.device.type != "cuda" else "tf32",  # fp32: no tf32
-        UPCAST=q.device.type != "cuda",  # off CUDA the kernels run in Triton's interpreter
+        meta=dict(  # constexpr meta-parameters shared by the prefill and decode kernels
+            USE_WINDOW=sliding_window is not None,
+            USE_SOFTCAP=logit_softcap is not None,
+            USE_ALIBI=alibi_slopes is not None,
+            DOT_PREC="ieee" if q.dtype == torch.float32 or q.device.type != "cuda" else "tf32",  # fp32: no tf32
+            UPCAST=q.device.type != "cuda",  # off CUDA the kernels run in Triton's interpreter
+        ),
     )
 
 
@@ -201,13 +257,14 @@ def _prefill(q, k, v, out, query_start_loc, seq_lens, block_tables, page_size: i
     vs = v.stride() if paged else (0, *v.stride())
     grid = (q.shape[0] // cfg.block_m + num_seqs, q.shape[1])
     _attn_prefill_kernel[grid](
-        q, k, v, out, query_start_loc, seq_lens if paged else query_start_loc, block_tables if paged else query_start_loc,
+        q, k, v, out, query_start_loc,
+        seq_lens if paged else query_start_loc,  # unused without PAGED: any pointer will do
+        block_tables if paged else query_start_loc,
         opts["alibi"], num_seqs, q.shape[1] // k.shape[-2], opts["scale"], opts["softcap"], opts["window"],
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2],
         block_tables.stride(0) if paged else 0,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGE_SIZE=page_size,
-        PAGED=paged, CAUSAL=causal, USE_WINDOW=opts["USE_WINDOW"], USE_SOFTCAP=opts["USE_SOFTCAP"],
-        USE_ALIBI=opts["USE_ALIBI"], DOT_PREC=opts["DOT_PREC"], UPCAST=opts["UPCAST"], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PAGED=paged, CAUSAL=causal, **opts["meta"], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
 

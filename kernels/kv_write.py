@@ -58,7 +58,8 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapp
     if k.shape != v.shape or tuple(k.shape[1:]) != tuple(kv_cache.shape[-2:]):
         raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not match the cache {tuple(kv_cache.shape)}")
     if slot_mapping.shape != (k.shape[0],) or slot_mapping.dtype.is_floating_point:
-        raise ValueError(f"slot_mapping must be integer ({k.shape[0]},), got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
+        got = f"{slot_mapping.dtype} {tuple(slot_mapping.shape)}"
+        raise ValueError(f"slot_mapping must be integer ({k.shape[0]},), got {got}")
     num_tokens = k.shape[0]
     if num_tokens == 0:
         return

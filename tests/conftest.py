@@ -1,6 +1,14 @@
 """Suite-wide settings: no hub access, no user config, a throwaway HOME for every test."""
 
+import os
+
 import pytest
+import torch  # does not import triton: the interpreter switch below still comes first
+
+# Without a GPU, Triton kernels run in its interpreter; the switch must precede triton's first import,
+# which any test module importing llmctl.kernels may trigger.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,187 @@
+"""Flash-decoding over the paged KV cache: the split-KV decode kernel, its reduction, and their launcher."""
+
+from __future__ import annotations
+
+import torch
+
+from llmctl.kernels.triton_compat import tl, triton
+from llmctl.kernels.tuning import decode_launch, decode_num_splits
+
+
+@triton.jit
+def _attn_decode_kernel(
+    # pointers
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    part_o_ptr,
+    part_ml_ptr,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    block_tables_ptr,
+    alibi_ptr,
+    # sizes and options
+    num_queries_per_kv,
+    scale,
+    softcap,
+    window,
+    # strides
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_bt,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
+    USE_ALIBI: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Flash-decoding, one new token per sequence; grid (num_seqs, num_kv_heads, NUM_SPLITS).
+
+    Each program takes one kv head's group of query heads (GQA: every K/V tile is loaded once for the whole
+    group) over 1/NUM_SPLITS of the sequence's context. q, o (num_seqs, nh, hd); k/v (num_blocks, PAGE_SIZE,
+    nkv, hd). With several splits the normalised partial outputs go to part_o (num_seqs, nh, NUM_SPLITS,
+    BLOCK_D) and (max, sum) to part_ml (num_seqs, nh, NUM_SPLITS, 2) for _attn_decode_reduce_kernel.
+    """
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    num_heads = tl.num_programs(1) * num_queries_per_kv
+    q_start = tl.load(query_start_loc_ptr + seq)
+    if tl.load(query_start_loc_ptr + seq + 1) == q_start:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    g_mask = offs_g < num_queries_per_kv
+    d_mask = offs_d < HEAD_DIM
+    heads = kv_head * num_queries_per_kv + offs_g
+    qd_mask = g_mask[:, None] & d_mask[None, :]
+    q = tl.load(q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=qd_mask, other=0.0)  # (BLOCK_G, BLOCK_D)
+    lo = 0
+    if USE_WINDOW:
+        lo = tl.maximum(0, seq_len - window)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len - lo, BLOCK_N), NUM_SPLITS)
+    start = lo + split * tiles_per_split * BLOCK_N
+    end = tl.minimum(seq_len, start + tiles_per_split * BLOCK_N)
+    if USE_ALIBI:
+        slopes = tl.load(alibi_ptr + heads, mask=g_mask, other=0.0).to(tl.float32)
+
+    m_i = tl.full([BLOCK_G], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < end
+        block = tl.load(block_tables_ptr + seq * stride_bt + offs_n // PAGE_SIZE, mask=n_mask, other=0).to(tl.int64)
+        slot = offs_n % PAGE_SIZE
+        k_off = block * stride_kb + slot * stride_ks + kv_head * stride_kh
+        v_off = block * stride_vb + slot * stride_vs + kv_head * stride_vh
+        kt = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=n_mask[None, :] & d_mask[:, None], other=0.0)
+        v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        if UPCAST:  # the CPU interpreter's bf16 dot is wrong (triton 3.9): multiply in fp32 there
+            kt = kt.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q.to(kt.dtype), kt, input_precision=DOT_PREC) * scale  # (BLOCK_G, BLOCK_N)
+        if USE_SOFTCAP:
+            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
+        if USE_ALIBI:
+            s += slopes[:, None] * (offs_n - (seq_len - 1)).to(tl.float32)[None, :]
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+        alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    if NUM_SPLITS == 1:
+        o_off = q_start.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=qd_mask)
+    else:
+        part = (seq.to(tl.int64) * num_heads + heads) * NUM_SPLITS + split  # (BLOCK_G,)
+        tl.store(part_o_ptr + part[:, None] * BLOCK_D + offs_d[None, :], out, mask=qd_mask)
+        tl.store(part_ml_ptr + part * 2, m_i, mask=g_mask)
+        tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_mask)
+
+
+@triton.jit
+def _attn_decode_reduce_kernel(
+    # pointers
+    part_o_ptr,
+    part_ml_ptr,
+    o_ptr,
+    query_start_loc_ptr,
+    # strides
+    stride_ot,
+    stride_oh,
+    # meta-parameters
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Merge the NUM_SPLITS partial softmaxes of one (sequence, head); grid (num_seqs, num_heads)."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    if tl.load(query_start_loc_ptr + seq + 1) == q_start:
+        return
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < NUM_SPLITS
+    part = (seq.to(tl.int64) * tl.num_programs(1) + head) * NUM_SPLITS + offs_s  # (BLOCK_S,)
+    m = tl.load(part_ml_ptr + part * 2, mask=s_mask, other=-1.0e30)
+    l = tl.load(part_ml_ptr + part * 2 + 1, mask=s_mask, other=0.0)
+    o = tl.load(part_o_ptr + part[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0)
+    w = l * tl.exp2((m - tl.max(m, 0)) * 1.4426950408889634)  # each split's share of the softmax mass
+    out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)
+    tl.store(o_ptr + q_start.to(tl.int64) * stride_ot + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+
+
+def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts: dict, num_splits: int | None = None):
+    """Launch the split-KV decode kernel (and its reduction when the context is split)."""
+    num_seqs, num_heads, head_dim = q.shape[0], q.shape[1], q.shape[2]
+    page_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    cfg = decode_launch(block_d, q.dtype)
+    if num_splits is None:  # sized from the block table's capacity: no device sync, so CUDA graphs can capture it
+        num_splits = decode_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * page_size, cfg.block_n, q.device)
+    group = num_heads // num_kv_heads
+    k, v = kv_cache[0], kv_cache[1]
+    part_o = part_ml = out
+    if num_splits > 1:
+        part_o = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device)
+        part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=q.device)
+    _attn_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, k, v, out, part_o, part_ml, query_start_loc, seq_lens, block_tables, opts["alibi"],
+        group, opts["scale"], opts["softcap"], opts["window"],
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), *k.stride()[:3], *v.stride()[:3],
+        block_tables.stride(0),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
+        PAGE_SIZE=page_size, NUM_SPLITS=num_splits, **opts["meta"], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if num_splits > 1:
+        _attn_decode_reduce_kernel[(num_seqs, num_heads)](
+            part_o, part_ml, out, query_start_loc, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,
+            BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4,
+        )

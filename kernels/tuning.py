@@ -1,0 +1,79 @@
+"""Launch parameters of the Triton kernels: small tables tuned for the H100, with heuristic fallbacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class AttnLaunch:
+    block_m: int  # query rows per program (prefill); unused by decode
+    block_n: int  # keys per loop step
+    num_warps: int
+    num_stages: int
+
+
+# (padded head_dim, dtype) -> prefill tile. Larger head dims halve the tile to stay inside shared memory.
+# head_dim 128 swept on an H100 (triton 3.6, bf16, 32/8 heads; 4x1024 causal varlen | 512 new on 2048 paged):
+# (64, 64, 4, 3) 0.133 | 0.067 ms, (128, 64, 8, 3) 0.145 | 0.070, (128, 128, 8, 3) 0.147 | 0.064,
+# (128, 64, 4, 3) 0.216 | 0.114. The other rows are unswept starting points.
+_PREFILL: dict[tuple[int, torch.dtype], AttnLaunch] = {
+    (64, torch.bfloat16): AttnLaunch(128, 64, 4, 3),
+    (64, torch.float16): AttnLaunch(128, 64, 4, 3),
+    (128, torch.bfloat16): AttnLaunch(64, 64, 4, 3),
+    (128, torch.float16): AttnLaunch(64, 64, 4, 3),
+    (256, torch.bfloat16): AttnLaunch(64, 32, 8, 2),
+    (256, torch.float16): AttnLaunch(64, 32, 8, 2),
+}
+
+# (padded head_dim, dtype) -> decode tile (block_m unused). head_dim 128 swept on an H100 (bf16, 32/8 heads):
+# block_n 64 with 4 warps was best or tied at 64x2048, 8x8192 and 1x32768 (block_n 32/128, 8 warps slower).
+_DECODE: dict[tuple[int, torch.dtype], AttnLaunch] = {
+    (64, torch.bfloat16): AttnLaunch(16, 64, 4, 3),
+    (64, torch.float16): AttnLaunch(16, 64, 4, 3),
+    (128, torch.bfloat16): AttnLaunch(16, 64, 4, 3),
+    (128, torch.float16): AttnLaunch(16, 64, 4, 3),
+    (256, torch.bfloat16): AttnLaunch(16, 32, 4, 2),
+    (256, torch.float16): AttnLaunch(16, 32, 4, 2),
+}
+
+
+def prefill_launch(block_d: int, dtype: torch.dtype) -> AttnLaunch:
+    """Tile for the prefill kernel; fp32 and untabled head dims use a heuristic that fits any GPU."""
+    hit = _PREFILL.get((block_d, dtype))
+    if hit is not None:
+        return hit
+    if dtype == torch.float32:  # twice the bytes per element: half the tile
+        return AttnLaunch(64, 32, 4, 2) if block_d <= 128 else AttnLaunch(32, 32, 4, 1)
+    return AttnLaunch(64, 64, 4, 2) if block_d <= 128 else AttnLaunch(64, 32, 8, 2)
+
+
+def decode_launch(block_d: int, dtype: torch.dtype) -> AttnLaunch:
+    """Tile for the split-KV decode kernel."""
+    hit = _DECODE.get((block_d, dtype))
+    if hit is not None:
+        return hit
+    return AttnLaunch(16, 32 if block_d > 128 or dtype == torch.float32 else 64, 4, 2)
+
+
+def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, block_n: int, device: torch.device) -> int:
+    """How many programs share one sequence's context: enough to fill about two waves of SMs."""
+    if device.type == "cuda":
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    else:  # the interpreter: few programs run fastest
+        num_sms = 1
+    max_tiles = max(1, -(-max_context // block_n))
+    want = -(-2 * num_sms // max(1, num_seqs * num_kv_heads))
+    return max(1, min(want, max_tiles, 64))
+
+
+def row_block(n: int) -> int:
+    """Elements per program for row-wise kernels (norm, activation): the next power of two, at least 16."""
+    return max(16, 1 << max(0, n - 1).bit_length())
+
+
+def row_warps(block: int) -> int:
+    """Warps for a row-wise kernel over `block` elements."""
+    return 1 if block <= 256 else 4 if block <= 2048 else 8 if block <= 8192 else 16
