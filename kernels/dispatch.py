@@ -28,13 +28,18 @@ def available_ops() -> list[str]:
     return sorted(_OPS)
 
 
+@functools.lru_cache(maxsize=1)
+def _has_triton() -> bool:
+    from llmctl.kernels.triton_compat import HAS_TRITON
+
+    return HAS_TRITON
+
+
 def _use_fast() -> bool:
     """False when LLMCTL_KERNELS=ref asks for the references, or triton is missing."""
     if os.environ.get("LLMCTL_KERNELS", "").strip().lower() == "ref":
         return False
-    from llmctl.kernels.triton_compat import HAS_TRITON
-
-    return HAS_TRITON
+    return _has_triton()
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,5 +56,8 @@ def _resolve(name: str, device_type: str, fast_allowed: bool) -> Callable:
 
 def get_op(name: str, device: torch.device | str = "cpu") -> Callable:
     """The implementation of op `name` for tensors on `device`."""
-    device_type = torch.device(device).type
-    return _resolve(name, device_type, device_type == "cuda" and _use_fast())
+    # Called for every layer of every step: keep the common cases free of allocation and imports.
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if device_type != "cuda":
+        return _resolve(name, device_type, False)
+    return _resolve(name, device_type, _use_fast())
