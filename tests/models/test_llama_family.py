@@ -16,6 +16,8 @@ PROMPTS = [
     [301, 2, 88, 140, 5],
 ]
 MAX_NEW_TOKENS = 8
+# The architectures these tests hold to transformers; the registry test reads this list.
+CONSISTENCY_ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
 # float32 on CPU: both sides run the same math in a different order (einsum vs matmul, fused residual),
 # so logits differ by a few ulps of values around 1; 1e-4 leaves room for that and nothing more.
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -188,3 +190,11 @@ def test_llm_generate_matches_transformers(model_pair, checkpoint, arch):
                 assert b in completion.logprobs[step]
                 break
         assert len(completion.token_ids) == MAX_NEW_TOKENS
+
+
+def test_consistency_list_matches_the_checkpoints(checkpoint, kit):
+    """CONSISTENCY_ARCHITECTURES names exactly the architectures of the checkpoints tested here."""
+    import json
+
+    built = {json.loads((checkpoint(name) / "config.json").read_text())["architectures"][0] for name in kit.CASES}
+    assert built == set(CONSISTENCY_ARCHITECTURES)
