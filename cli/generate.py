@@ -44,6 +44,8 @@ def generate(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string, not included in the text (repeatable).", rich_help_panel=_S, show_default=False)] = None,
     stop_token_id: Annotated[Optional[list[int]], typer.Option("--stop-token-id", help="Stop token id (repeatable).", rich_help_panel=_S, show_default=False)] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past EOS.", rich_help_panel=_S)] = False,
+    include_stop_str: Annotated[bool, typer.Option("--include-stop-str-in-output", help="Keep the matched stop string in the text.", rich_help_panel=_S)] = False,
+    skip_special_tokens: Annotated[bool, typer.Option("--skip-special-tokens/--keep-special-tokens", help="Drop special tokens from the text.", rich_help_panel=_S)] = True,
     logprobs: Annotated[Optional[int], typer.Option("--logprobs", min=0, help="Top-k logprobs per generated token (JSON output).", rich_help_panel=_S, show_default=False)] = None,
     prompt_logprobs: Annotated[Optional[int], typer.Option("--prompt-logprobs", min=0, help="Top-k logprobs per prompt token (JSON output).", rich_help_panel=_S, show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Per-request seed: same seed, same text.", rich_help_panel=_S, show_default=False)] = None,
@@ -72,7 +74,8 @@ def generate(
         repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, seed=seed, stop=stop or None, stop_token_ids=stop_token_id or None,
         ignore_eos=ignore_eos, max_tokens=max_tokens, min_tokens=min_tokens, logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
+        prompt_logprobs=prompt_logprobs, include_stop_str_in_output=include_stop_str,
+        skip_special_tokens=skip_special_tokens,
     )
     settings = load_settings()
     llm = _load(

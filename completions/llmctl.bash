@@ -52,11 +52,14 @@ _llmctl() {
                 --instruction) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --dimensions) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --query) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --top-k) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --batch-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --source) COMPREPLY=($(compgen -W "hf modelscope" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --format --output -o --with-text --pooling --normalize --no-normalize --prompt-name --instruction --dimensions --query --batch-size --dtype --device --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --format --output -o --with-text --pooling --normalize --no-normalize --prompt-name --instruction --dimensions --query --top-k --batch-size --dtype --device --trust-remote-code --revision --source --help -h" -- "$cur"))
             [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur"))
             ;;
         "generate")
@@ -86,7 +89,7 @@ _llmctl() {
                 --revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --source) COMPREPLY=($(compgen -W "hf modelscope" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--prompt -p --file -f --model -m --chat --no-chat --system --max-tokens --min-tokens --temperature -t --top-p --top-k --min-p --repetition-penalty --presence-penalty --frequency-penalty --stop --stop-token-id --ignore-eos --logprobs --prompt-logprobs --seed --json --stream --no-stream --dtype --device --max-model-len --max-num-seqs --trust-remote-code --revision --source --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--prompt -p --file -f --model -m --chat --no-chat --system --max-tokens --min-tokens --temperature -t --top-p --top-k --min-p --repetition-penalty --presence-penalty --frequency-penalty --stop --stop-token-id --ignore-eos --include-stop-str-in-output --skip-special-tokens --keep-special-tokens --logprobs --prompt-logprobs --seed --json --stream --no-stream --dtype --device --max-model-len --max-num-seqs --trust-remote-code --revision --source --help -h" -- "$cur"))
             ;;
         "inspect-arch")
             case "$prev" in

@@ -85,6 +85,16 @@ def test_stop_string_and_min_tokens(run_cli):
     assert record["finish_reason"] == "stop" and "8" not in record["text"] and "7" in record["text"]
 
 
+def test_include_stop_string_and_special_tokens(run_cli):
+    kept = run_cli("generate", "--prompt", "1, 2, 3, 4, 5,", "--no-chat", "--json", "--stop", "8",
+                   "--include-stop-str-in-output", "--max-tokens", "20", "--max-model-len", "256", "--device", "cpu")
+    assert _records(kept.stdout)[0]["text"].endswith("8")
+    special = run_cli("generate", "--prompt", "What is 2+2?", "--json", "--keep-special-tokens", "--max-tokens", "40",
+                      "--max-model-len", "256", "--device", "cpu")
+    record = _records(special.stdout)[0]
+    assert record["finish_reason"] == "stop" and record["text"].endswith("<|im_end|>")
+
+
 def test_streaming_matches_batch_text(run_cli):
     streamed = run_cli("generate", "--prompt", "The capital of France is", "--no-chat", "--stream", *FAST)
     batch = run_cli("generate", "--prompt", "The capital of France is", "--no-chat", "--no-stream", *FAST)
