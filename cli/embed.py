@@ -1,15 +1,31 @@
-"""`llmctl embed`: one vector per input line (the embedding engine arrives with the embeddings issue)."""
+"""`llmctl embed`: one vector per input line, in input order (JSONL, .npy, CSV/TSV), or lines ranked by a query."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import IO, Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli.options import DeviceOpt, DtypeOpt, ModelOpt
-from llmctl.core.errors import UnsupportedModelError
+from llmctl.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    RevisionOpt,
+    SourceOpt,
+    TrustRemoteCodeOpt,
+    source_value,
+)
+from llmctl.cli.output import warn
+from llmctl.core.errors import EXIT_ERROR, LlmctlError, UsageError
+
+PROGRESS_MIN_LINES = 300  # a progress bar on stderr (when it is a TTY) above this many inputs
+CHUNK_BATCHES = 8  # batches handed to the engine per call: the progress bar moves once per call
+E5_INSTRUCTION = "Instruct: {}\nQuery: "  # e5-mistral's query template
 
 
 class EmbedFormat(str, Enum):
@@ -26,9 +42,18 @@ class Pooling(str, Enum):
     lasttoken = "lasttoken"
 
 
+@dataclass
+class Line:
+    """One input line: its text (None when not UTF-8), and why it cannot be embedded (blank, not UTF-8)."""
+
+    index: int
+    text: str | None = None
+    error: str | None = None
+
+
 def embed(
     file: Annotated[Optional[Path], typer.Argument(help="Input file, one text per line ('-' or nothing: stdin).")] = None,
-    model: ModelOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Embedding model (default: the configured default embed model).", show_default=False)] = None,
     output_format: Annotated[EmbedFormat, typer.Option("--format", help="Output format.")] = EmbedFormat.jsonl,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout (needed for npy).")] = None,
     with_text: Annotated[bool, typer.Option("--with-text", help="Add each input text to its record.")] = False,
@@ -38,13 +63,295 @@ def embed(
     instruction: Annotated[Optional[str], typer.Option("--instruction", help="e5-mistral style 'Instruct: ...' prefix.")] = None,
     dimensions: Annotated[Optional[int], typer.Option("--dimensions", min=1, help="Matryoshka truncation (renormalised).")] = None,
     query: Annotated[Optional[str], typer.Option("--query", help="Rank the input lines by cosine similarity to this text.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="With --query: show only the N best lines.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per batch (length-sorted inside).")] = 64,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    revision: RevisionOpt = None,
+    source: SourceOpt = None,
 ) -> None:
-    """Turn text into vectors: one input per line in, one vector per line out, in input order."""
-    raise UnsupportedModelError(
-        "`llmctl embed` is not available yet: llmctl's embedding models (BERT, XLM-RoBERTa, decoder embedders) "
-        "are still being built",
-        hint="track the embeddings issue; `llmctl check MODEL --task embed` says what will be needed",
+    """Turn text into vectors: one input per line in, one vector per line out, in input order.
+
+    Input is FILE, or stdin with '-' or no FILE. JSONL (the default) writes {"index", "embedding"}
+    per line (--with-text adds "text"; a cut input adds "truncated": true); csv/tsv write a header
+    (index[, text], e0, e1, ...) then one row per line; npy writes a float32 matrix to -o FILE.
+
+    Empty (or blank) lines and lines that are not UTF-8 never shift rows: in JSONL they get a record
+    {"index", "error"} and the command exits 1 after writing everything; npy/csv/tsv refuse such input
+    up front (exit 1, the line numbers named, nothing written). With --query they are left out of the
+    ranking (a warning counts the undecodable ones).
+
+    --prompt-name NAME prefixes every text with the checkpoint's prompt NAME; --instruction TEXT with
+    e5-mistral's "Instruct: TEXT\\nQuery: ". With --query these prefixes go on the query only (documents
+    are embedded as they are), and the lines come out best first: JSONL {"index", "score", "text"} in a
+    pipe, a table on a terminal.
+    """
+    from llmctl.core.settings import load_settings
+
+    _check_options(output_format, output, query, top_k, prompt_name, instruction)
+    lines = read_lines(file)
+    bad = [line for line in lines if line.error is not None]
+    if bad and query is None and output_format is not EmbedFormat.jsonl:
+        shown = ", ".join(str(line.index + 1) for line in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise LlmctlError(
+            f"{len(bad)} input line(s) cannot be embedded (empty or not UTF-8): line {shown}",
+            hint="remove them first, or use --format jsonl, which writes an error record for each",
+        )
+    good = [line for line in lines if line.error is None]
+    if query is not None and not good:
+        raise UsageError("--query: the input has no non-empty lines to rank")
+
+    settings = load_settings()
+    llm = _load_embedder(
+        model or settings.default_embed_model, settings, dtype=dtype or settings.dtype,
+        device=device or settings.device, trust_remote_code=trust_remote_code, revision=revision,
+        source=source_value(source),
     )
+    config = llm.embedding_config
+    prompt = _prompt(config, prompt_name, instruction)
+    if dimensions is not None and dimensions > config.dimension:
+        raise UsageError(f"--dimensions {dimensions} is more than the model's {config.dimension} dimensions")
+    options = {
+        "pooling": pooling.value if pooling is not None else None,
+        "normalize": normalize,
+        "dimensions": dimensions,
+        "batch_size": batch_size,
+    }
+    doc_prompt = None if query is not None else prompt
+    vectors, cut = embed_texts(llm, [line.text for line in good], prompt=doc_prompt, **options)
+    if cut.any():
+        limit = config.max_seq_length
+        warn(f"{int(cut.sum())} of {len(good)} line(s) were longer than the model's {limit}-token limit and were cut")
+
+    if query is not None:
+        query_vec, _ = embed_texts(llm, [query], prompt=prompt, **options)
+        undecodable = sum(line.text is None for line in bad)
+        if undecodable:  # blank lines are no loss (paragraph breaks); bytes that are not text are
+            warn(f"{undecodable} line(s) that are not UTF-8 were left out of the ranking")
+        _write_ranking(rank(query_vec[0], vectors, good, top_k), output)
+        return
+    if output_format is EmbedFormat.npy:
+        _write_npy(vectors, output)
+    elif output_format is EmbedFormat.jsonl:
+        _write_jsonl(lines, vectors, cut, output, with_text)
+    else:
+        _write_delimited(good, vectors, output, with_text, "," if output_format is EmbedFormat.csv else "\t")
+    if bad and output_format is EmbedFormat.jsonl:
+        warn(f"{len(bad)} of {len(lines)} line(s) were not embedded (empty or not UTF-8); see their error records")
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _check_options(fmt: EmbedFormat, output: Path | None, query: str | None, top_k: int | None,
+                   prompt_name: str | None, instruction: str | None) -> None:
+    """Usage errors that need no model and no input: fail before reading stdin or loading weights."""
+    if fmt is EmbedFormat.npy and (output is None or str(output) == "-"):
+        raise UsageError("--format npy writes a binary file: give it with -o FILE.npy")
+    if query is not None and fmt is not EmbedFormat.jsonl:
+        raise UsageError("--query writes a ranking (JSONL, or a table on a terminal): --format does not apply")
+    if top_k is not None and query is None:
+        raise UsageError("--top-k only applies with --query")
+    if prompt_name is not None and instruction is not None:
+        raise UsageError("give --prompt-name or --instruction, not both")
+    if query is not None and not query.strip():
+        raise UsageError("--query: the query text is empty")
+
+
+def read_lines(file: Path | None) -> list[Line]:
+    """Every input line becomes one Line (in order), so N lines give N rows whatever they hold."""
+    if file is not None and str(file) != "-":
+        try:
+            raw = file.read_bytes()
+        except OSError as err:
+            raise UsageError(f"cannot read {file}: {err.strerror or err}") from None
+    else:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("no input: give a FILE, or pipe texts on stdin (one per line)")
+        raw = sys.stdin.buffer.read()
+    return parse_lines(raw)
+
+
+def parse_lines(raw: bytes) -> list[Line]:
+    chunks = raw.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()  # the newline that ends the last line does not start another
+    if not chunks:
+        raise UsageError("no input lines to embed")
+    lines = []
+    for i, chunk in enumerate(chunks):
+        chunk = chunk.rstrip(b"\r")
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as err:
+            lines.append(Line(i, error=f"line {i + 1} is not valid UTF-8 (byte {err.start})"))
+            continue
+        lines.append(Line(i, text=text, error=None if text.strip() else f"line {i + 1} is empty"))
+    return lines
+
+
+def _load_embedder(name: str, settings, **kw: Any):
+    """The embedding model (the seam tests replace): resolve the name like every command, then LLM(task='embed')."""
+    from llmctl.core.engine.llm import LLM
+    from llmctl.core.resolve import resolve_model
+
+    src = resolve_model(name, revision=kw["revision"], source=kw.pop("source"), settings=settings)
+    return LLM(str(src.materialize()), task="embed", **kw)
+
+
+def _prompt(config, prompt_name: str | None, instruction: str | None) -> str | None:
+    if instruction is not None:
+        return E5_INSTRUCTION.format(instruction)
+    if prompt_name is None:
+        return None  # the checkpoint's default prompt, if it names one
+    prompts = dict(config.prompts or {})
+    if prompt_name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none"
+        raise UsageError(f"--prompt-name {prompt_name!r}: this model's prompts are: {known}")
+    return prompts[prompt_name]
+
+
+def embed_texts(llm, texts: list[str], *, prompt: str | None, batch_size: int, **options: Any):
+    """(float32 matrix (n, dim) in input order, bool mask (n,) of the inputs cut); a progress bar on big inputs.
+
+    The texts go to the engine longest-first in chunks of a few batches (the engine length-sorts
+    and packs inside each chunk); the chunks make the progress bar move and are put back in order.
+    """
+    import numpy as np
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    chunk = batch_size * CHUNK_BATCHES
+    rows: list[Any] = [None] * len(texts)
+    cut = np.zeros(len(texts), dtype=bool)
+    with _Progress(len(texts)) as advance:
+        for start in range(0, len(order), chunk):
+            ids = order[start:start + chunk]
+            outs = llm.embed([texts[i] for i in ids], prompt=prompt, batch_size=batch_size, **options)
+            for i, out in zip(ids, outs):
+                rows[i] = np.asarray(out.outputs.embedding, dtype=np.float32)
+                cut[i] = bool(getattr(out, "truncated", False))
+            advance(len(ids))
+    dim = rows[0].shape[0] if rows else 0
+    matrix = np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)  # (n, dim)
+    return matrix, cut
+
+
+class _Progress:
+    """A rich progress bar on stderr for big inputs on a terminal; otherwise nothing."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):
+        if self.total <= PROGRESS_MIN_LINES or not sys.stderr.isatty():
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from llmctl.cli.output import stderr_console
+
+        self.bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=stderr_console(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("embed", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def rank(query_vec, vectors, lines: list[Line], top_k: int | None) -> list[dict[str, Any]]:
+    """Records {index, score, text}, best cosine similarity first (ties keep input order)."""
+    import numpy as np
+
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query_vec)  # (n,)
+    scores = (vectors @ query_vec) / np.maximum(norms, 1e-12)  # (n,)
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return [{"index": lines[i].index, "score": round(float(scores[i]), 6), "text": lines[i].text} for i in order]
+
+
+# -- writers --------------------------------------------------------------------------------------------
+
+
+class _Sink:
+    """stdout, or a file opened for writing (text or binary) and closed on exit."""
+
+    def __init__(self, output: Path | None, binary: bool = False):
+        self.output = output if output is not None and str(output) != "-" else None
+        self.binary = binary
+        self.handle: IO[Any] | None = None
+
+    def __enter__(self) -> IO[Any]:
+        if self.output is None:
+            return sys.stdout.buffer if self.binary else sys.stdout
+        try:
+            mode = "wb" if self.binary else "w"
+            self.handle = open(self.output, mode, **({} if self.binary else {"encoding": "utf-8", "newline": ""}))
+        except OSError as err:
+            raise UsageError(f"cannot write {self.output}: {err.strerror or err}") from None
+        return self.handle
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        else:
+            sys.stdout.flush()
+
+
+def _floats(row) -> list[str]:
+    # str() of a float32 is its shortest round-trip form: half the bytes of a float64 repr, nothing lost
+    return [str(x) for x in row]
+
+
+def _write_jsonl(lines: list[Line], vectors, cut, output: Path | None, with_text: bool) -> None:
+    rows = iter(zip(vectors, cut))
+    with _Sink(output) as out:
+        for line in lines:
+            if line.error is not None:
+                out.write(json.dumps({"index": line.index, "error": line.error}) + "\n")
+                continue
+            row, was_cut = next(rows)
+            head: dict[str, Any] = {"index": line.index}
+            if with_text:
+                head["text"] = line.text
+            if was_cut:
+                head["truncated"] = True
+            head_json = json.dumps(head, ensure_ascii=False)[:-1]  # the object, still open for the vector
+            out.write(f'{head_json}, "embedding": [{", ".join(_floats(row))}]}}\n')
+
+
+def _write_npy(vectors, output: Path) -> None:
+    import numpy as np
+
+    with _Sink(output, binary=True) as out:
+        np.save(out, np.ascontiguousarray(vectors, dtype=np.float32))  # a handle: np.save adds no ".npy"
+
+
+def _write_delimited(lines: list[Line], vectors, output: Path | None, with_text: bool, delimiter: str) -> None:
+    with _Sink(output) as out:
+        writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+        dims = vectors.shape[1] if vectors.ndim == 2 else 0
+        writer.writerow(["index", *(["text"] if with_text else []), *(f"e{d}" for d in range(dims))])
+        for line, row in zip(lines, vectors):
+            writer.writerow([line.index, *([line.text] if with_text else []), *_floats(row)])
+
+
+def _write_ranking(records: list[dict[str, Any]], output: Path | None) -> None:
+    if output is not None or not sys.stdout.isatty():
+        with _Sink(output) as out:
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+    from rich.table import Table
+
+    from llmctl.cli.output import stdout_console
+
+    table = Table(box=None, header_style="bold")
+    rows = [(str(n), f"{r['score']:.4f}", str(r["index"] + 1), r["text"]) for n, r in enumerate(records, 1)]
+    for col, name in enumerate(("rank", "score", "line")):
+        width = max([len(name), *(len(row[col]) for row in rows)])
+        table.add_column(name, justify="right", no_wrap=True, min_width=width)
+    table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)  # the text column takes what is left
+    for row in rows:
+        table.add_row(*row)
+    stdout_console().print(table)

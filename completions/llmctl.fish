@@ -33,7 +33,7 @@ complete -c llmctl -n '__fish_seen_subcommand_from config; and not __fish_seen_s
 complete -c llmctl -n '__fish_seen_subcommand_from show' -l json -d 'Print JSON instead of a table (the default when piped).'
 complete -c llmctl -n '__fish_seen_subcommand_from show' -l help -s h -d 'Show help and exit.'
 complete -c llmctl -n '__fish_use_subcommand' -a embed -d 'Turn text into vectors: one input per line in, one vector per line out, in input order.'
-complete -c llmctl -n '__fish_seen_subcommand_from embed' -l model -s m -r -d 'Model to use (default: the configured default model).'
+complete -c llmctl -n '__fish_seen_subcommand_from embed' -l model -s m -r -d 'Embedding model (default: the configured default embed model).'
 complete -c llmctl -n '__fish_seen_subcommand_from embed' -l format -xa 'jsonl npy csv tsv' -d 'Output format.'
 complete -c llmctl -n '__fish_seen_subcommand_from embed' -l output -s o -r -d 'Write here instead of stdout (needed for npy).'
 complete -c llmctl -n '__fish_seen_subcommand_from embed' -l with-text -d 'Add each input text to its record.'

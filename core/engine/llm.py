@@ -174,8 +174,8 @@ class LLM:
         unknown = set(engine_options) - _ENGINE_OPTIONS - _IGNORED_OPTIONS
         if unknown:
             raise UsageError(f"unknown LLM option(s): {', '.join(sorted(unknown))}")
-        if task not in ("generate", "auto"):
-            raise UnsupportedModelError(f"task={task!r} is not available in llmctl's generate engine")
+        if task not in ("generate", "auto", "embed", "embedding"):
+            raise UnsupportedModelError(f"task={task!r} is not available; use 'generate' or 'embed'")
         if model_impl not in ("auto", "native"):
             raise UnsupportedModelError(f"model_impl={model_impl!r} is not available; use 'auto' or 'native'")
         if tensor_parallel_size != 1:
@@ -190,6 +190,13 @@ class LLM:
         self.device = resolve_device(device)
         self.hf_config = load_hf_config(path, trust_remote_code=trust_remote_code, revision=revision)
         self.dtype = resolve_dtype(dtype, self.hf_config, self.device)
+        self.task = _resolve_task(task, getattr(self.hf_config, "architectures", None))
+        self.llm_engine = None
+        self.embedder = None
+        if self.task == "embed":
+            self._init_embedder(path, tokenizer, max_model_len, load_format, trust_remote_code,
+                                tokenizer_revision or revision, skip_tokenizer_init)
+            return
         model_cls = model_class(getattr(self.hf_config, "architectures", None))
         max_pos = getattr(self.hf_config, "max_position_embeddings", None)
         shrink = max_model_len is None  # the model's full context, unless the KV cache holds less
@@ -211,7 +218,7 @@ class LLM:
         eos = eos_token_ids(self.tokenizer, self.hf_config, _generation_config(path))
         self.llm_engine = LLMEngine(
             net,
-            kv_cache_spec(self.hf_config, self.dtype),
+            kv_cache_spec(self.hf_config, self.dtype, model_cls),
             tokenizer=self.tokenizer,
             device=self.device,
             max_model_len=max_model_len,
@@ -227,8 +234,65 @@ class LLM:
         )
         self.max_model_len = self.llm_engine.max_model_len
 
+    def _init_embedder(self, path, tokenizer, max_model_len, load_format, trust_remote_code, revision, skip_tok):
+        from llmctl.core.engine.embedder import build_embedder
+
+        if is_gguf(path):
+            raise UnsupportedModelError("embedding models are read from HF folders, not .gguf files")
+        self.tokenizer = None
+        if not skip_tok:
+            self.tokenizer = load_tokenizer(tokenizer or path, revision=revision, trust_remote_code=trust_remote_code)
+        t0 = time.perf_counter()
+        self.embedder = build_embedder(
+            path, self.hf_config, self.dtype, self.device, self.tokenizer,
+            _weights(path, load_format, self.dtype), max_model_len,
+        )  # fmt: skip
+        self.load_seconds = time.perf_counter() - t0
+        self.max_model_len = self.embedder.config.max_seq_length
+
+    @property
+    def embedding_config(self):
+        """The EmbeddingConfig (pooling, normalize, max_seq_length, prompts, dimension) of an embed LLM."""
+        return self._need_embedder().config
+
+    def _need_embedder(self):
+        if self.embedder is None:
+            raise UsageError("this LLM generates text: build it with task='embed' for embeddings")
+        return self.embedder
+
+    def _need_engine(self) -> LLMEngine:
+        if self.llm_engine is None:
+            raise UsageError("this LLM computes embeddings (task='embed'): use embed() / encode(), not generate")
+        return self.llm_engine
+
     def get_tokenizer(self):
         return self.tokenizer
+
+    # -- embed --------------------------------------------------------------------------------------
+
+    def embed(
+        self,
+        texts: str | Seq[str],
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        prompt: str | None = None,
+        batch_size: int | None = None,
+        use_tqdm: bool = False,
+    ) -> list:
+        """One EmbeddingRequestOutput per text, in order: `.outputs.embedding` is a list of floats.
+
+        pooling ("cls" | "mean" | "max" | "lasttoken") and normalize None follow the checkpoint's
+        sentence-transformers files; prompt is prepended to every text; dimensions keeps the first N
+        components (Matryoshka). Texts longer than max_seq_length tokens are cut (`.truncated`).
+        use_tqdm is accepted for vLLM compatibility and shows nothing.
+        """
+        return self._need_embedder().embed(
+            texts, pooling=pooling, normalize=normalize, dimensions=dimensions, prompt=prompt, batch_size=batch_size
+        )
+
+    encode = embed  # vLLM's name
 
     # -- generate -----------------------------------------------------------------------------------
 
@@ -239,6 +303,7 @@ class LLM:
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
         """One RequestOutput per prompt, in order; a prompt that cannot run gets `error` set, the rest go on."""
+        self._need_engine()
         items = _prompt_list(prompts)
         params = _params_list(sampling_params, len(items))
         ids = [self._add(item, p) for item, p in zip(items, params)]
@@ -255,6 +320,7 @@ class LLM:
         tools: list[dict] | None = None,
     ) -> list[RequestOutput]:
         """Apply the chat template to one conversation or a list of them, then generate."""
+        self._need_engine()
         conversations = [messages] if is_conversation(messages) else list(messages)
         prompts = []
         for conv in conversations:
@@ -271,6 +337,7 @@ class LLM:
 
     def stream(self, prompt: str | dict, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield the growing RequestOutput of one prompt after each token; the last one has finished=True."""
+        self._need_engine()
         request_id = self._add(_prompt_list(prompt)[0], sampling_params or SamplingParams())
         engine = self.llm_engine
         while True:
@@ -307,6 +374,19 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [finished[r] for r in request_ids]
+
+
+def _resolve_task(task: str, architectures: list[str] | None) -> str:
+    """ "generate" or "embed"; task "auto" is "embed" for architectures the registry lists only for embeddings."""
+    if task in ("embed", "embedding"):
+        return "embed"
+    if task == "auto" and architectures:
+        from llmctl.core import registry
+
+        row = registry.lookup(architectures[0])
+        if row is not None and registry.EMBED in row.tasks and registry.GENERATE not in row.tasks:
+            return "embed"
+    return "generate"
 
 
 def _prompt_list(prompts) -> list[dict]:

@@ -79,8 +79,16 @@ def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]
     return iter_torch_bin(model_dir)
 
 
-def _target(model: nn.Module, name: str) -> tuple[str, object]:
-    """Map a checkpoint name to (model parameter name, shard id or None) via packed_modules_mapping."""
+def _target(model: nn.Module, name: str, params: dict) -> tuple[str, object]:
+    """Map a checkpoint name to (model parameter name, shard id or None) via packed_modules_mapping.
+
+    A model class may set `base_model_prefix` (as transformers does): checkpoints saved from the bare
+    base model (the hub's original `gpt2`) lack that prefix, and names not found as given are tried with it.
+    """
+    prefix = getattr(model, "base_model_prefix", None)
+    if prefix and name not in params and not name.startswith(prefix + "."):
+        if _target(model, f"{prefix}.{name}", params)[0] in params:
+            name = f"{prefix}.{name}"
     for ckpt_part, (param_part, shard_id) in getattr(model, "packed_modules_mapping", {}).items():
         token = f".{ckpt_part}."
         if token in name:
@@ -109,10 +117,11 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
     params = dict(model.named_parameters(remove_duplicate=False))
     canonical = {id(p): n for n, p in model.named_parameters()}  # tied aliases -> one name
     filled: dict[str, set] = {}  # canonical name -> shard ids loaded ({None} for plain params)
+    ignored = _IGNORED_SUFFIXES + tuple(getattr(model, "ignored_checkpoint_suffixes", ()))
     for ckpt_name, tensor in weights:
-        if ckpt_name.endswith(_IGNORED_SUFFIXES):
+        if ckpt_name.endswith(ignored):
             continue
-        name, shard_id = _target(model, ckpt_name)
+        name, shard_id = _target(model, ckpt_name, params)
         param = params.get(name)
         if param is None:
             raise WeightLoadError(
@@ -120,10 +129,14 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
                 f"{type(model).__name__} has no parameter {name!r}"
             )
         dest = param.data
+        module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         if shard_id is not None:
-            module = model.get_submodule(name.rsplit(".", 1)[0])
             start, size = module.shard_slice(shard_id)
             dest = dest.narrow(0, start, size)
+        if hasattr(module, "from_checkpoint_layout"):
+            # The layer stores this tensor in another layout in the checkpoint (GPT-2's Conv1D (in, out),
+            # GPT-NeoX's per-head interleaved q/k/v) and turns it into its own.
+            tensor = module.from_checkpoint_layout(name.rsplit(".", 1)[-1], tensor)
         if tuple(dest.shape) != tuple(tensor.shape):
             raise WeightLoadError(
                 f"tensor {ckpt_name!r} has shape {tuple(tensor.shape)} but the model expects {tuple(dest.shape)}"
@@ -136,6 +149,8 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
     for name, _ in model.named_parameters():
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         expected = set(module.shard_ids) if hasattr(module, "shard_slice") else {None}
+        if None in filled.get(name, set()):
+            continue  # the checkpoint stores this parameter fused already (Phi-3's qkv_proj, gate_up_proj)
         for shard_id in expected - filled.get(name, set()):
             missing.append(_checkpoint_name(model, name, shard_id))
     if missing:
@@ -177,15 +192,18 @@ def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> 
 
 
 def _init_dummy(model: nn.Module, seed: int = 0) -> None:
-    """Random weights of the right shapes: norms 1, everything else N(0, 0.02) (load_format="dummy")."""
+    """Random weights of the right shapes: norms weight 1 and bias 0, the rest N(0, 0.02) (load_format="dummy")."""
+    from llmctl.model_defs.layers.layernorm import LayerNorm
     from llmctl.model_defs.layers.norm import RMSNorm
 
-    norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
+    norms = [m for m in model.modules() if isinstance(m, (RMSNorm, LayerNorm, nn.LayerNorm))]
+    norm_weights = {id(m.weight) for m in norms if getattr(m, "weight", None) is not None}
+    norm_biases = {id(m.bias) for m in norms if getattr(m, "bias", None) is not None}
     generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for param in model.parameters():
-            if id(param) in norm_weights:
-                param.fill_(1.0)
+            if id(param) in norm_weights or id(param) in norm_biases:
+                param.fill_(1.0 if id(param) in norm_weights else 0.0)
                 continue
             # Drawn where the parameter lives: an 8B model's weights take seconds on a GPU, a minute on a CPU.
             gen = generators.setdefault(param.device, torch.Generator(param.device).manual_seed(seed))

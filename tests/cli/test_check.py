@@ -33,7 +33,8 @@ def test_memory_fit(run_cli, llama_dir):
 
 
 def test_planned_architecture_is_not_supported(run_cli, tmp_path, model_writer, llama_config):
-    cfg = {**llama_config, "architectures": ["GemmaForCausalLM"], "model_type": "gemma", "head_dim": 16}
+    cfg = {**llama_config, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+           "num_local_experts": 4, "num_experts_per_tok": 2}
     result = run_cli("check", model_writer(tmp_path / "g", cfg), "--json")
     assert result.exit_code == 1
     data = result.json()

@@ -1,0 +1,227 @@
+"""The embedding engine: tokenize and truncate like sentence-transformers, run length-sorted packed batches, pool."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmctl.core.engine.embedding_config import POOLING_TYPES, EmbeddingConfig
+from llmctl.core.engine.pooling import finish, pool
+from llmctl.core.errors import ModelReadError, UnsupportedModelError, UsageError
+from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
+
+DEFAULT_BATCH_SIZE = 64
+
+
+@dataclass
+class EmbeddingOutput:
+    """One text's vector (vLLM's EmbeddingOutput)."""
+
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    """The result of embedding one text (vLLM's EmbeddingRequestOutput, plus `truncated`)."""
+
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt: str
+    prompt_token_ids: list[int]
+    truncated: bool = False
+    finished: bool = True
+
+
+def checkpoint_weights(model_cls: type[nn.Module], weights: Iterable[tuple[str, torch.Tensor]]):
+    """Checkpoint (name, tensor) pairs in the model's own names: the model class's prefixes stripped
+    ("bert.", "roberta.", "model."), its ignored tensors (pooler, heads, position_ids buffers) dropped,
+    and old suffix names (LayerNorm.gamma / beta) renamed."""
+    prefixes = getattr(model_cls, "checkpoint_prefixes", ())
+    ignored = getattr(model_cls, "ignored_checkpoint_prefixes", ())
+    renames = getattr(model_cls, "checkpoint_renames", {})
+    for name, tensor in weights:
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        if name.startswith(ignored):
+            continue
+        for old, new in renames.items():
+            if name.endswith(old):
+                name = name[: -len(old)] + new
+        yield name, tensor
+
+
+class Embedder:
+    """Turns texts into vectors with one embedding model (an encoder, or a decoder pooled at its last token)."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: EmbeddingConfig, device: torch.device):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = torch.device(device)
+        self.causal = bool(getattr(model, "is_causal", False))
+        self._next_id = 0
+
+    # -- tokenization -------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[tuple[list[int], bool]]:
+        """(token ids, truncated) per text, cut to max_length tokens with the special tokens kept, as
+        sentence-transformers' tokenizer(truncation=True, max_length=max_seq_length) does."""
+        max_length = max_length or self.config.max_seq_length
+        # One token of headroom tells which texts were cut without tokenizing any text in full.
+        probe = self.tokenizer(list(texts), truncation=True, max_length=max_length + 1)["input_ids"]
+        long = [i for i, ids in enumerate(probe) if len(ids) > max_length]
+        results = [(list(ids), False) for ids in probe]
+        if long:
+            cut = self.tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)["input_ids"]
+            for i, ids in zip(long, cut):
+                results[i] = (list(ids), True)
+        return results
+
+    # -- running ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward_batch(self, batch: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id lists of B sequences -> (hidden (T, H), seq_lens (B,)) from one packed, padding-free pass."""
+        lens = [len(ids) for ids in batch]
+        seq_lens = torch.tensor(lens, dtype=torch.int32, device=self.device)
+        query_start_loc = torch.zeros(len(lens) + 1, dtype=torch.int32, device=self.device)
+        torch.cumsum(seq_lens, 0, out=query_start_loc[1:])
+        input_ids = torch.tensor([t for ids in batch for t in ids], dtype=torch.long, device=self.device)  # (T,)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lens])  # (T,), restarting per sequence
+        meta = AttentionMetadata(
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens,
+            slot_mapping=torch.empty(0, dtype=torch.long, device=self.device),
+            block_tables=torch.empty(len(lens), 0, dtype=torch.int32, device=self.device),
+            max_query_len=max(lens),
+            max_seq_len=max(lens),
+            causal=self.causal,
+        )
+        hidden = self.model(input_ids, positions, ForwardContext(meta, None))
+        return hidden, seq_lens
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        prompt: str | None = None,
+        batch_size: int | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """One EmbeddingRequestOutput per text, in input order.
+
+        pooling / normalize None take the checkpoint's settings; prompt None takes the checkpoint's
+        default prompt (config_sentence_transformers.json default_prompt_name), if any; dimensions
+        keeps the first N components (Matryoshka), renormalised when normalize is on.
+        """
+        items = _text_list(texts)
+        cfg = self.config
+        pooling = cfg.pooling if pooling is None else pooling
+        if pooling not in POOLING_TYPES:
+            raise UsageError(f"unknown pooling {pooling!r}", hint=f"use one of {', '.join(POOLING_TYPES)}")
+        normalize = cfg.normalize if normalize is None else bool(normalize)
+        if dimensions is not None and (isinstance(dimensions, bool) or not 1 <= int(dimensions) <= cfg.dimension):
+            raise UsageError(f"dimensions must be between 1 and the model's {cfg.dimension}, got {dimensions!r}")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        if prompt is None and cfg.default_prompt_name is not None:
+            prompt = cfg.prompts[cfg.default_prompt_name]
+        prompts = [f"{prompt}{text}" if prompt else text for text in items]
+        tokens = self.tokenize(prompts) if prompts else []
+        for i, (ids, _) in enumerate(tokens):
+            if not ids:
+                raise UsageError(f"input {i} ({items[i]!r}) has no tokens after tokenization: nothing to embed")
+
+        vectors: list[list[float] | None] = [None] * len(items)
+        for order in _length_sorted_batches([len(ids) for ids, _ in tokens], batch_size):
+            hidden, seq_lens = self.forward_batch([tokens[i][0] for i in order])
+            pooled = finish(pool(hidden, seq_lens, pooling), normalize=normalize, dimensions=dimensions)
+            for i, row in zip(order, pooled.cpu().tolist()):
+                vectors[i] = row
+
+        outputs = []
+        for text, (ids, truncated), vec in zip(prompts, tokens, vectors):
+            outputs.append(EmbeddingRequestOutput(str(self._next_id), EmbeddingOutput(vec), text, ids, truncated))
+            self._next_id += 1
+        return outputs
+
+
+def _text_list(texts) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, dict) or not isinstance(texts, Iterable):
+        raise UsageError(f"embed takes a string or a list of strings, got {type(texts).__name__}")
+    items = list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise UsageError(f"embed takes strings; input {i} is {type(text).__name__}")
+    return items
+
+
+def _length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of at most batch_size, longest texts first (similar lengths share a batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def build_embedder(
+    path: Path,
+    hf_config,
+    dtype: torch.dtype,
+    device: torch.device,
+    tokenizer,
+    weights: Iterable[tuple[str, torch.Tensor]] | None,
+    max_model_len: int | None = None,
+) -> Embedder:
+    """The Embedder for a model folder: registry row -> model_def, sentence-transformers settings, weights.
+
+    `weights` are the checkpoint's (name, tensor) pairs (None: dummy weights); max_model_len, when
+    given, replaces the checkpoint's max_seq_length.
+    """
+    from llmctl.core import registry
+    from llmctl.core.engine.embedding_config import read_embedding_config
+    from llmctl.core.engine.loader import build_model
+
+    architectures = getattr(hf_config, "architectures", None)
+    if not architectures:
+        raise ModelReadError("config.json has no 'architectures' entry: cannot tell which model to build")
+    row = registry.get_arch(architectures[0])
+    if registry.EMBED not in row.tasks:
+        raise UnsupportedModelError(
+            f"{row.architecture} is not an embedding model (tasks: {', '.join(row.tasks)})",
+            hint="use task='generate' / `llmctl generate` for text-generation models",
+        )
+    if tokenizer is None:
+        raise UsageError("task='embed' needs a tokenizer: drop skip_tokenizer_init=True")
+    model_cls = registry.load_model_class(row)
+    max_positions = model_cls.max_positions(hf_config)
+    config = read_embedding_config(
+        path if path.is_dir() else path.parent,
+        hidden_size=hf_config.hidden_size,
+        max_positions=max_positions,
+        is_causal=bool(getattr(model_cls, "is_causal", False)),
+        tokenizer_max_length=getattr(tokenizer, "model_max_length", None),
+    )
+    if max_model_len is not None:
+        if not 1 <= max_model_len <= max_positions:
+            raise UsageError(f"max_model_len={max_model_len} is outside the model's 1..{max_positions} positions")
+        config = dataclasses.replace(config, max_seq_length=max_model_len)
+    if weights is not None:
+        weights = checkpoint_weights(model_cls, weights)
+    model = build_model(hf_config, model_cls, dtype, device, weights)
+    return Embedder(model, tokenizer, config, device)
