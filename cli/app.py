@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
+import typer.core
+
+# Plain Click help (rich_markup_mode=None below). Typer still rich-escapes "[default: ...]" into
+# "\[default: ...]" when rich is installed, whatever the markup mode; tell it rich is not there.
+typer.core.HAS_RICH = False
 
 from llmctl import __version__
 from llmctl.cli.bench import bench
@@ -45,6 +51,8 @@ def root(
     Exit codes: 0 ok (check: supported), 1 error (check: not supported), 2 usage, 3 model not found or unreadable.
     """
     set_debug(debug)
+    # stderr carries llmctl's diagnostics; transformers' deprecation chatter about checkpoint files is not one.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 app.command("check")(handle_errors(check))
