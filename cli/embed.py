@@ -12,6 +12,7 @@ from typing import IO, Annotated, Any, Optional
 
 import typer
 
+from llmctl.cli.lines import read_input, split_lines
 from llmctl.cli.options import (
     DeviceOpt,
     DtypeOpt,
@@ -159,33 +160,17 @@ def _check_options(fmt: EmbedFormat, output: Path | None, query: str | None, top
 
 def read_lines(file: Path | None) -> list[Line]:
     """Every input line becomes one Line (in order), so N lines give N rows whatever they hold."""
-    if file is not None and str(file) != "-":
-        try:
-            raw = file.read_bytes()
-        except OSError as err:
-            raise UsageError(f"cannot read {file}: {err.strerror or err}") from None
-    else:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UsageError("no input: give a FILE, or pipe texts on stdin (one per line)")
-        raw = sys.stdin.buffer.read()
-    return parse_lines(raw)
+    return parse_lines(read_input(file, nothing_given="no input: give a FILE, or pipe texts on stdin (one per line)"))
 
 
 def parse_lines(raw: bytes) -> list[Line]:
-    chunks = raw.split(b"\n")
-    if chunks and chunks[-1] == b"":
-        chunks.pop()  # the newline that ends the last line does not start another
-    if not chunks:
-        raise UsageError("no input lines to embed")
     lines = []
-    for i, chunk in enumerate(chunks):
-        chunk = chunk.rstrip(b"\r")
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as err:
-            lines.append(Line(i, error=f"line {i + 1} is not valid UTF-8 (byte {err.start})"))
-            continue
-        lines.append(Line(i, text=text, error=None if text.strip() else f"line {i + 1} is empty"))
+    for i, (text, error) in enumerate(split_lines(raw)):
+        if text is not None and not text.strip():
+            error = f"line {i + 1} is empty"
+        lines.append(Line(i, text=text, error=error))
+    if not lines:
+        raise UsageError("no input lines to embed")
     return lines
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmctl.cli.lines import read_input, split_lines
 from llmctl.core.errors import UsageError
 
 
@@ -35,31 +35,15 @@ def read_prompts(prompts: list[str] | None, file: Path | None) -> list[PromptIte
         if file is not None:
             raise UsageError("give prompts with --prompt or --file, not both")
         return [PromptItem(i, prompt=p) for i, p in enumerate(prompts)]
-    if file is not None and str(file) != "-":
-        try:
-            raw = file.read_bytes()
-        except OSError as err:
-            raise UsageError(f"cannot read {file}: {err.strerror or err}") from None
-    else:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UsageError("no prompt: use --prompt TEXT, --file FILE, or pipe prompts on stdin (one per line)")
-        raw = sys.stdin.buffer.read()
+    raw = read_input(file, nothing_given="no prompt: use --prompt TEXT, --file FILE, or pipe prompts on stdin (one per line)")
     return parse_lines(raw)
 
 
 def parse_lines(raw: bytes) -> list[PromptItem]:
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line does not start another
-    items = []
-    for i, line in enumerate(lines):
-        line = line.rstrip(b"\r")
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            items.append(PromptItem(i, error=f"line {i + 1} is not valid UTF-8 (byte {err.start})"))
-            continue
-        items.append(_parse_line(i, text))
+    items = [
+        PromptItem(i, error=error) if text is None else _parse_line(i, text)
+        for i, (text, error) in enumerate(split_lines(raw))
+    ]
     if not items:
         raise UsageError("no prompts in the input")
     return items
