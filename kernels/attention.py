@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from llmctl.kernels.attention_decode import decode_paged
+from llmctl.kernels.attention_decode import decode_paged, decode_paged_ref
 from llmctl.kernels.triton_compat import require_triton, tl, triton
 from llmctl.kernels.tuning import prefill_launch
 
@@ -390,44 +390,6 @@ def varlen_attention_ref(
     return out
 
 
-def _decode_ref(
-    q: torch.Tensor,
-    kv_cache: torch.Tensor,
-    seq_lens: torch.Tensor,
-    block_tables: torch.Tensor,
-    scale: float,
-    sliding_window: int | None,
-    logit_softcap: float | None,
-    alibi_slopes: torch.Tensor | None,
-) -> torch.Tensor:
-    """One new token per sequence (decode): the whole batch in one padded gather and two einsums.
-
-    Same function as the per-sequence loop below; padded key slots past a sequence's length are masked.
-    q (B, nh, hd) -> (B, nh, hd).
-    """
-    block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
-    batch, num_heads = q.shape[0], q.shape[1]
-    group = num_heads // num_kv_heads
-    pos = torch.arange(int(seq_lens.max()), device=q.device)  # (L,)
-    slots = block_tables[:, pos // block_size].long() * block_size + pos % block_size  # (B, L)
-    flat = kv_cache.view(2, -1, num_kv_heads, head_dim)
-    k, v = flat[0][slots].float(), flat[1][slots].float()  # (B, L, nkv, hd)
-    qg = q.float().view(batch, num_kv_heads, group, head_dim)  # query heads grouped by the kv head they read
-    scores = torch.einsum("bkgd,blkd->bkgl", qg, k) * scale  # (B, nkv, g, L)
-    if logit_softcap is not None:
-        scores = logit_softcap * torch.tanh(scores / logit_softcap)
-    rel = pos[None, :] - (seq_lens.long()[:, None] - 1)  # (B, L): key position minus the query's
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.float().view(num_kv_heads, group)
-        scores = scores + slopes[None, :, :, None] * rel[:, None, None, :].float()
-    visible = rel <= 0  # also drops the padding past each sequence's end
-    if sliding_window is not None:
-        visible &= rel > -sliding_window
-    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
-    out = torch.einsum("bkgl,blkd->bkgd", torch.softmax(scores, dim=-1), v)
-    return out.reshape(batch, num_heads, head_dim).to(q.dtype)
-
-
 def paged_attention_ref(
     q: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -449,7 +411,7 @@ def paged_attention_ref(
     """
     block_size, num_kv_heads, head_dim = kv_cache.shape[2:]
     if q.shape[0] == seq_lens.shape[0] and bool((query_start_loc.diff() == 1).all()):
-        return _decode_ref(q, kv_cache, seq_lens, block_tables, scale, sliding_window, logit_softcap, alibi_slopes)
+        return decode_paged_ref(q, kv_cache, seq_lens, block_tables, scale, sliding_window, logit_softcap, alibi_slopes)
     out = torch.empty_like(q)
     starts = query_start_loc.tolist()
     for i, seq_len in enumerate(seq_lens.tolist()):
