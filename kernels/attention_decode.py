@@ -9,6 +9,21 @@ from llmctl.kernels.tuning import decode_launch, decode_num_splits
 
 
 @triton.jit
+def _active_splits(seq_len, window, num_splits, USE_WINDOW: tl.constexpr, BLOCK_N: tl.constexpr,
+                   MIN_TILES: tl.constexpr):
+    """(first key, splits in use): at most num_splits, each with at least MIN_TILES key tiles, and at least one.
+
+    A short context uses fewer splits than the grid holds (the rest exit at once), and one split needs no reduction:
+    the grid is sized for the longest context a CUDA graph may meet, the work for the context at hand.
+    """
+    lo = 0
+    if USE_WINDOW:
+        lo = tl.maximum(0, seq_len - window)
+    tiles = tl.cdiv(seq_len - lo, BLOCK_N)
+    return lo, tl.maximum(1, tl.minimum(num_splits, tl.cdiv(tiles, MIN_TILES)))
+
+
+@triton.jit
 def _attn_decode_kernel(
     # pointers
     q_ptr,
@@ -23,6 +38,7 @@ def _attn_decode_kernel(
     alibi_ptr,
     # sizes and options
     num_queries_per_kv,
+    num_splits,
     scale,
     softcap,
     window,
@@ -44,19 +60,21 @@ def _attn_decode_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    MIN_TILES: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
     USE_ALIBI: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Flash-decoding, one new token per sequence; grid (num_seqs, num_kv_heads, NUM_SPLITS).
+    """Flash-decoding, one new token per sequence; grid (num_seqs, num_kv_heads, num_splits).
 
     Each program takes one kv head's group of query heads (GQA: every K/V tile is loaded once for the whole
-    group) over 1/NUM_SPLITS of the sequence's context. q, o (num_seqs, nh, hd); k/v (num_blocks, PAGE_SIZE,
-    nkv, hd). With several splits the normalised partial outputs go to part_o (num_seqs, nh, NUM_SPLITS,
-    BLOCK_D) and (max, sum) to part_ml (num_seqs, nh, NUM_SPLITS, 2) for _attn_decode_reduce_kernel.
+    group) over 1/num_splits of the sequence's context. q, o (num_seqs, nh, hd); k/v (num_blocks, PAGE_SIZE,
+    nkv, hd). With several splits (SPLIT) the normalised partial outputs go to part_o (num_seqs, nh, num_splits,
+    BLOCK_D) and (max, sum) to part_ml (num_seqs, nh, num_splits, 2) for _attn_decode_reduce_kernel. num_splits is a
+    runtime value, so CUDA graphs of different batch sizes share one compiled kernel.
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -75,10 +93,10 @@ def _attn_decode_kernel(
     qd_mask = g_mask[:, None] & d_mask[None, :]
     q = tl.load(q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=qd_mask, other=0.0)  # (BLOCK_G, BLOCK_D)
-    lo = 0
-    if USE_WINDOW:
-        lo = tl.maximum(0, seq_len - window)
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len - lo, BLOCK_N), NUM_SPLITS)
+    lo, active = _active_splits(seq_len, window, num_splits, USE_WINDOW, BLOCK_N, MIN_TILES)
+    if split >= active:
+        return
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len - lo, BLOCK_N), active)
     start = lo + split * tiles_per_split * BLOCK_N
     end = tl.minimum(seq_len, start + tiles_per_split * BLOCK_N)
     if USE_ALIBI:
@@ -112,11 +130,11 @@ def _attn_decode_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    if NUM_SPLITS == 1:
+    if (not SPLIT) or active == 1:
         o_off = q_start.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=qd_mask)
     else:
-        part = (seq.to(tl.int64) * num_heads + heads) * NUM_SPLITS + split  # (BLOCK_G,)
+        part = (seq.to(tl.int64) * num_heads + heads) * num_splits + split  # (BLOCK_G,); layout by grid size
         tl.store(part_o_ptr + part[:, None] * BLOCK_D + offs_d[None, :], out, mask=qd_mask)
         tl.store(part_ml_ptr + part * 2, m_i, mask=g_mask)
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_mask)
@@ -129,25 +147,36 @@ def _attn_decode_reduce_kernel(
     part_ml_ptr,
     o_ptr,
     query_start_loc_ptr,
+    seq_lens_ptr,
+    num_splits,
+    window,
     # strides
     stride_ot,
     stride_oh,
     # meta-parameters
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MIN_TILES: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
 ):
-    """Merge the NUM_SPLITS partial softmaxes of one (sequence, head); grid (num_seqs, num_heads)."""
+    """Merge the active (<= num_splits <= BLOCK_S) partial softmaxes of one (sequence, head); grid (num_seqs, heads).
+
+    With one active split the decode kernel already wrote the output: nothing to do.
+    """
     seq = tl.program_id(0)
     head = tl.program_id(1)
     q_start = tl.load(query_start_loc_ptr + seq)
     if tl.load(query_start_loc_ptr + seq + 1) == q_start:
         return
+    _, active = _active_splits(tl.load(seq_lens_ptr + seq), window, num_splits, USE_WINDOW, BLOCK_N, MIN_TILES)
+    if active == 1:
+        return
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < NUM_SPLITS
-    part = (seq.to(tl.int64) * tl.num_programs(1) + head) * NUM_SPLITS + offs_s  # (BLOCK_S,)
+    s_mask = offs_s < active
+    part = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_splits + offs_s  # (BLOCK_S,)
     m = tl.load(part_ml_ptr + part * 2, mask=s_mask, other=-1.0e30)
     l = tl.load(part_ml_ptr + part * 2 + 1, mask=s_mask, other=0.0)
     o = tl.load(part_o_ptr + part[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0)
@@ -157,15 +186,26 @@ def _attn_decode_reduce_kernel(
              mask=offs_d < HEAD_DIM)
 
 
-def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts: dict, num_splits: int | None = None):
-    """Launch the split-KV decode kernel (and its reduction when the context is split)."""
+MIN_SPLIT_KEYS = 256  # a split of the context holds at least this many keys (fewer splits for short contexts)
+
+
+def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts: dict, num_splits: int | None = None,
+                 min_tiles: int | None = None):
+    """Launch the split-KV decode kernel (and its reduction when the grid has several splits).
+
+    num_splits sizes the grid (default: from the block table's capacity); each sequence uses as many of them as its
+    context fills with min_tiles key tiles apiece (default: MIN_SPLIT_KEYS keys).
+    """
     num_seqs, num_heads, head_dim = q.shape[0], q.shape[1], q.shape[2]
     page_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     block_d = max(16, triton.next_power_of_2(head_dim))
     cfg = decode_launch(block_d, q.dtype)
     if num_splits is None:  # sized from the block table's capacity: no device sync, so CUDA graphs can capture it
         num_splits = decode_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * page_size, cfg.block_n, q.device)
+    if not 1 <= num_splits <= 64:
+        raise ValueError(f"num_splits must be in 1..64 (the reduction's widest tile), got {num_splits}")
     group = num_heads // num_kv_heads
+    min_tiles = max(1, MIN_SPLIT_KEYS // cfg.block_n) if min_tiles is None else min_tiles
     k, v = kv_cache[0], kv_cache[1]
     part_o = part_ml = out
     if num_splits > 1:
@@ -173,17 +213,17 @@ def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=q.device)
     _attn_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k, v, out, part_o, part_ml, query_start_loc, seq_lens, block_tables, opts["alibi"],
-        group, opts["scale"], opts["softcap"], opts["window"],
+        group, num_splits, opts["scale"], opts["softcap"], opts["window"],
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *k.stride()[:3], *v.stride()[:3],
         block_tables.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
-        PAGE_SIZE=page_size, NUM_SPLITS=num_splits, **opts["meta"], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PAGE_SIZE=page_size, SPLIT=num_splits > 1, MIN_TILES=min_tiles, **opts["meta"], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:
         _attn_decode_reduce_kernel[(num_seqs, num_heads)](
-            part_o, part_ml, out, query_start_loc, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,
-            BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4,
+            part_o, part_ml, out, query_start_loc, seq_lens, num_splits, opts["window"], out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=16 if num_splits <= 16 else 64, BLOCK_N=cfg.block_n,
+            MIN_TILES=min_tiles, USE_WINDOW=opts["meta"]["USE_WINDOW"], num_warps=4,
         )
 
 

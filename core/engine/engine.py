@@ -38,6 +38,10 @@ class LLMEngine:
     (any device), else as gpu_memory_utilization leaves on CUDA / 1 GiB on CPU, capped at what
     max_num_seqs sequences of max_model_len use. When it cannot hold one sequence of max_model_len
     tokens, shrink_max_model_len lowers max_model_len to fit (with a warning); otherwise UsageError.
+
+    On CUDA, decode steps run at bucketed batch sizes on static inputs and, unless enforce_eager, as CUDA graphs
+    captured here (cuda_graph_capture_seconds says how long that took); see core/engine/cuda_graph.py.
+    padded_decode (default: on for CUDA) sends decode steps through that path on any device.
     """
 
     def __init__(
@@ -57,6 +61,8 @@ class LLMEngine:
         eos_token_ids: Iterable[int] = (),
         seed: int | None = 0,
         shrink_max_model_len: bool = False,
+        enforce_eager: bool = False,
+        padded_decode: bool | None = None,
     ):
         self.device = torch.device(device)
         self.tokenizer = tokenizer
@@ -92,7 +98,14 @@ class LLMEngine:
         self.block_manager = BlockManager(num_kv_blocks, block_size)
         kv_caches = allocate_kv_caches(kv_spec, num_kv_blocks, block_size, self.device)
         self.sampler = Sampler(seed=seed, device=self.device)  # unseeded requests share its generator
-        self.runner = ModelRunner(model, kv_caches, block_size, self.device, self.sampler)
+        self.runner = ModelRunner(
+            model, kv_caches, block_size, self.device, self.sampler,
+            max_model_len=max_model_len, max_num_seqs=max_num_seqs, padded_decode=padded_decode,
+        )
+        self.cuda_graph_capture_seconds: float | None = None
+        if (self.device.type == "cuda" and not enforce_eager and self.runner.decode is not None
+                and getattr(model, "supports_cuda_graphs", True)):
+            self.cuda_graph_capture_seconds = self.runner.capture_cuda_graphs()
         self.scheduler = Scheduler(self.config, self.block_manager)
         self._token_text: dict[int, str] = {}
         self._seqs: dict[str, Sequence] = {}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmctl.core.engine.cuda_graph import DecodeRunner
 from llmctl.core.engine.sampler import Sampler
 from llmctl.core.engine.sequence import Sequence
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
@@ -35,7 +36,12 @@ class PackedBatch:
 
 
 class ModelRunner:
-    """Owns the model and its KV cache; device-agnostic (plain torch on CPU and CUDA alike)."""
+    """Owns the model and its KV cache; device-agnostic (plain torch on CPU and CUDA alike).
+
+    Steps that schedule one token per sequence go through a DecodeRunner (static inputs padded to bucket sizes,
+    replayed as CUDA graphs once `capture_cuda_graphs` ran) when `padded_decode` is on; other steps are packed
+    without padding and run eagerly. padded_decode defaults to on for CUDA (where graphs need it) and off elsewhere.
+    """
 
     def __init__(
         self,
@@ -44,6 +50,10 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         sampler: Sampler,
+        *,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 256,
+        padded_decode: bool | None = None,
     ):
         self.model = model
         self.sampler = sampler
@@ -51,6 +61,21 @@ class ModelRunner:
         self.block_size = block_size
         self.device = torch.device(device)
         self._pin = self.device.type == "cuda"
+        if padded_decode is None:
+            padded_decode = self.device.type == "cuda"
+        self.decode: DecodeRunner | None = None
+        if padded_decode:
+            if max_model_len is None:
+                raise ValueError("padded decode needs max_model_len (the width of its block tables)")
+            self.decode = DecodeRunner(model, kv_caches, block_size, max_model_len, max_num_seqs, self.device)
+        self.cuda_graph_capture_seconds: float | None = None
+
+    def capture_cuda_graphs(self) -> float:
+        """Capture the decode graphs (CUDA, padded decode); returns the seconds it took."""
+        if self.decode is None:
+            raise ValueError("CUDA graphs need padded decode")
+        self.cuda_graph_capture_seconds = self.decode.capture()
+        return self.cuda_graph_capture_seconds
 
     def _to_device(self, data: list, dtype: torch.dtype) -> torch.Tensor:
         t = torch.tensor(data, dtype=dtype, pin_memory=self._pin)
@@ -99,9 +124,12 @@ class ModelRunner:
         prefill, or a decode), from the logits of its last scheduled token. Prompt logprobs come from
         the logits at the prompt positions of this step, for the requests that asked.
         """
-        batch = self.prepare(scheduled)
-        ctx = ForwardContext(batch.attn_metadata, self.kv_caches)
-        hidden = self.model(batch.input_ids, batch.positions, ctx)  # (T, H)
+        if self.decode is not None and len(scheduled) <= self.decode.max_batch and all(n == 1 for _, n in scheduled):
+            hidden = self.decode.run([seq for seq, _ in scheduled])  # (B, H): one row per sequence
+        else:
+            batch = self.prepare(scheduled)
+            ctx = ForwardContext(batch.attn_metadata, self.kv_caches)
+            hidden = self.model(batch.input_ids, batch.positions, ctx)  # (T, H)
 
         sample_seqs: list[Sequence] = []
         sample_rows: list[int] = []
@@ -123,8 +151,11 @@ class ModelRunner:
         rows = sample_rows + prompt_rows
         if not rows:
             return out
-        idx = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
-        logits = self.model.compute_logits(hidden[idx]).float()  # (len(rows), V)
+        if rows[-1] == len(rows) - 1 and rows == list(range(len(rows))):  # decode: every row, in order
+            picked = hidden[: len(rows)]
+        else:
+            picked = hidden[torch.tensor(rows, dtype=torch.int64, device=hidden.device)]
+        logits = self.model.compute_logits(picked).float()  # (len(rows), V)
         ns = len(sample_rows)
         if ns:
             sampled = self.sampler.sample(logits[:ns], [seq.sampling_state for seq in sample_seqs])

@@ -126,8 +126,27 @@ def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState]) -> torch
                     rows.append(i)
                     cols.append(t)
     if rows:
-        logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = -float("inf")
+        index = _to_device([rows, cols], logits.device)
+        logits.index_put_((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
     return logits
+
+
+def _to_device(data: list, device: torch.device) -> torch.Tensor:
+    """A long tensor of `data` on `device`; on CUDA through pinned memory, so the host does not wait for the GPU."""
+    if device.type != "cuda":
+        return torch.tensor(data, dtype=torch.long)
+    return torch.tensor(data, dtype=torch.long, pin_memory=True).to(device, non_blocking=True)
+
+
+def _needs_min_tokens(states: list[SamplingState]) -> bool:
+    return any(len(s.output_token_ids) < s.params.min_tokens for s in states)
+
+
+def _needs_penalties(states: list[SamplingState]) -> bool:
+    return any(
+        s.params.repetition_penalty != 1.0 or s.params.presence_penalty != 0.0 or s.params.frequency_penalty != 0.0
+        for s in states
+    )
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
@@ -202,9 +221,9 @@ class Sampler:
         B, V = logits.shape
         device = logits.device
         raw = logits.float()
-        x = raw.clone()
-        x = apply_penalties(x, states)
-        x = apply_min_tokens(x, states)
+        x = raw
+        if _needs_penalties(states) or _needs_min_tokens(states):  # they write in place: keep raw for logprobs
+            x = apply_min_tokens(apply_penalties(raw.clone(), states), states)
 
         params = [s.params for s in states]
         greedy = [p.is_greedy for p in params]

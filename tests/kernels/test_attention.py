@@ -154,16 +154,33 @@ DECODE_SEQ_LENS = [1, 16, 17, 100]
 
 
 @pytest.mark.parametrize("hd,nh,nkv", [(64, 2, 2), (128, 4, 1), (80, 8, 1), (256, 8, 2)])
-@pytest.mark.parametrize("num_splits", [None, 3])
-def test_decode_gqa_and_splits(device, hd, nh, nkv, num_splits):
+@pytest.mark.parametrize("num_splits,min_tiles", [(None, None), (3, 1), (5, 2)])
+def test_decode_gqa_and_splits(device, hd, nh, nkv, num_splits, min_tiles):
     q, kv_cache, qsl, sl, bt = _paged_batch([1] * 4, DECODE_SEQ_LENS, nh, nkv, hd, 16, torch.float32, device)
     expected = paged_attention_ref(q, kv_cache, qsl, sl, bt, hd**-0.5)
     if num_splits is None:
         got = paged_attention(q, kv_cache, qsl, sl, bt, hd**-0.5)
-    else:  # forced split count: also the empty splits of short sequences must merge to the right answer
+    else:  # forced split counts: short sequences use fewer (or one) of the grid's splits, long ones all of them
         got = torch.empty_like(q)
-        decode_paged(q, kv_cache, got, qsl, sl, bt, _options(q, hd**-0.5, None, None, None), num_splits=num_splits)
+        decode_paged(q, kv_cache, got, qsl, sl, bt, _options(q, hd**-0.5, None, None, None), num_splits=num_splits,
+                     min_tiles=min_tiles)
     assert_close(got, expected, **TOL[torch.float32])
+
+
+def test_decode_zero_length_rows_write_zeros(device):
+    """CUDA-graph padding rows have context length 0: their output is zeros, the other rows are untouched."""
+    q, kv_cache, qsl, sl, bt = _paged_batch([1] * 3, [5, 40, 70], 4, 2, 64, 16, torch.float32, device)
+    expected = paged_attention_ref(q, kv_cache, qsl, sl, bt, 0.125)
+    sl_padded = torch.cat([sl, torch.zeros(2, dtype=sl.dtype, device=device)])
+    qsl_padded = torch.arange(6, dtype=qsl.dtype, device=device)
+    bt_padded = torch.cat([bt, torch.zeros(2, bt.shape[1], dtype=bt.dtype, device=device)])
+    q_padded = torch.cat([q, torch.randn(2, *q.shape[1:], dtype=q.dtype, device=device)])
+    for num_splits in (1, 4):
+        got = torch.full_like(q_padded, float("nan"))
+        decode_paged(q_padded, kv_cache, got, qsl_padded, sl_padded, bt_padded,
+                     _options(q_padded, 0.125, None, None, None), num_splits=num_splits, min_tiles=1)
+        assert_close(got[:3], expected, **TOL[torch.float32])
+        assert torch.equal(got[3:], torch.zeros_like(got[3:]))
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
@@ -176,7 +193,7 @@ def test_decode_options(device, option, num_splits):
     decode_paged(
         q, kv_cache, got, qsl, sl, bt,
         _options(q, 0.125, opts.get("sliding_window"), opts.get("logit_softcap"), opts.get("alibi_slopes")),
-        num_splits=num_splits,
+        num_splits=num_splits, min_tiles=1,
     )
     assert_close(got, expected, **TOL[torch.float32])
 
@@ -194,7 +211,7 @@ def test_decode_long_context(device, seq_lens, dtype):
     q, kv_cache, qsl, sl, bt = _paged_batch([1] * len(seq_lens), seq_lens, nh, nkv, hd, 16, dtype, device)
     expected = paged_attention_ref(q, kv_cache, qsl, sl, bt, hd**-0.5)
     got = torch.empty_like(q)
-    decode_paged(q, kv_cache, got, qsl, sl, bt, _options(q, hd**-0.5, None, None, None), num_splits=4)
+    decode_paged(q, kv_cache, got, qsl, sl, bt, _options(q, hd**-0.5, None, None, None), num_splits=4, min_tiles=1)
     assert_close(got, expected, **TOL[dtype])
     assert_close(paged_attention(q, kv_cache, qsl, sl, bt, hd**-0.5), expected, **TOL[dtype])
 

@@ -1,0 +1,90 @@
+"""Where a decode step's time goes (not collected by pytest): batch-1 and batch-N decode tok/s with CUDA graphs and
+eager, a cProfile of the host side and a torch-profiler table of the GPU side, for one random-weight model.
+
+Run on a GPU: python tests/bench/gpu_decode_profile.py tests/fixtures/bench_configs/llama-3-8b OUT_DIR [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import time
+from pathlib import Path
+
+import torch
+
+from llmctl import LLM, SamplingParams
+
+
+def decode_rate(llm: LLM, batch: int, input_len: int, output_len: int) -> float:
+    """Output tokens/s of the decode phase: steps after every sequence got its first token."""
+    engine = llm.llm_engine
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, min_tokens=output_len)
+    vocab = llm.hf_config.vocab_size
+    for i in range(batch):
+        ids = [(i * 7919 + j * 104729) % vocab for j in range(input_len)]
+        engine.add_request(engine.next_request_id(), params, prompt_token_ids=ids)
+    steps = 0
+    t0 = None
+    while engine.has_unfinished_requests():
+        outs = engine.step()
+        if t0 is None and outs and all(len(o.outputs[0].token_ids) >= 1 for o in outs) and len(outs) == batch:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            steps = 0
+        else:
+            steps += 1
+    torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"device": torch.cuda.get_device_name(), "model": args.model}
+    for eager in (False, True):
+        tag = "eager" if eager else "graphs"
+        t0 = time.perf_counter()
+        llm = LLM(args.model, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True, enforce_eager=eager,
+                  max_model_len=args.max_model_len)
+        result[f"{tag}_init_s"] = time.perf_counter() - t0
+        result[f"{tag}_capture_s"] = llm.llm_engine.cuda_graph_capture_seconds
+        decode_rate(llm, 1, args.input_len, 8)  # warm-up
+        result[f"{tag}_batch1_tok_s"] = decode_rate(llm, 1, args.input_len, args.output_len)
+        result[f"{tag}_batch{args.batch}_tok_s"] = decode_rate(llm, args.batch, args.input_len, args.output_len)
+        print(tag, json.dumps(result), flush=True)
+        if not eager:
+            prof = cProfile.Profile()
+            prof.enable()
+            decode_rate(llm, 1, args.input_len, 64)
+            prof.disable()
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(40)
+            (out / "host_profile_batch1.txt").write_text(s.getvalue())
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+                decode_rate(llm, 1, args.input_len, 32)
+            (out / "torch_profile_batch1.txt").write_text(
+                p.key_averages().table(sort_by="cuda_time_total", row_limit=40)
+            )
+            p.export_chrome_trace(str(out / "trace_batch1.json"))
+        del llm
+        torch.cuda.empty_cache()
+    (out / "decode_profile.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
