@@ -1,4 +1,4 @@
-"""`llmctl bench`: load time, TTFT, decode and batch throughput on llmctl's engine, optionally beside transformers."""
+"""`llmctl bench`: load time, TTFT, decode and batch throughput (or embedding sentences/s) on llmctl's engine."""
 
 from __future__ import annotations
 
@@ -21,20 +21,25 @@ def bench(
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights from config.json alone: no checkpoint or tokenizer needed.")] = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts decoded together for the batch throughput.")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Prompts decoded together for the batch throughput (default 8); embedding models: sequences per batch on both sides (default 64).", show_default=False)] = None,
     input_len: Annotated[int, typer.Option("--input-len", min=1, help="Prompt length in tokens (random token ids).")] = 128,
     output_len: Annotated[int, typer.Option("--output-len", min=2, help="New tokens per prompt (EOS ignored).")] = 128,
-    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", min=1, help="Prompts for the offline throughput (default: 1000 on CUDA, 4 x batch-size on CPU).", show_default=False)] = None,
+    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", min=1, help="Prompts for the offline throughput (default: 1000 on CUDA, 4 x batch-size on CPU); embedding models: inputs embedded (default: 10000 on CUDA, 4 x batch-size on CPU).", show_default=False)] = None,
     against: Annotated[Optional[Against], typer.Option("--against", help="Also run this implementation on the same weights.", show_default=False)] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Time-to-first-token runs (the median is reported).")] = 5,
     json_output: JsonOpt = False,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
     max_model_len: MaxModelLenOpt = None,
+    min_len: Annotated[int, typer.Option("--min-len", min=1, help="Embedding models: shortest input in tokens.")] = 16,
+    max_len: Annotated[int, typer.Option("--max-len", min=1, help="Embedding models: longest input in tokens (clipped to the model's positions).")] = 512,
 ) -> None:
     """Measure load time, time to first token, decode tok/s and throughput of MODEL on llmctl's engine.
 
     With --against transformers, transformers runs the same weights in the same process with the same
     protocol, and the ratio llmctl/transformers is shown (above 1 is faster for tok/s, slower for times).
+    Embedding models (BertModel, XLMRobertaModel, decoder embedders) are measured in sentences/s over
+    --num-prompts random token-id inputs of lengths uniform in [--min-len, --max-len], beside
+    transformers' AutoModel on padded batches, with the cosine similarity of the two sides' vectors.
     Progress goes to stderr; with --json (or when piped) stdout holds one JSON object.
     """
     from llmctl.core.bench import BenchConfig, run_bench
@@ -46,7 +51,7 @@ def bench(
         device=device or settings.device or "auto", batch_size=batch_size, input_len=input_len,
         output_len=output_len, num_prompts=num_prompts, against=against.value if against else None,
         enforce_eager=enforce_eager, max_model_len=max_model_len, repeats=repeats,
-        kv_cache_memory=settings.kv_cache_memory,
+        kv_cache_memory=settings.kv_cache_memory, embed_min_len=min_len, embed_max_len=max_len,
     )  # fmt: skip
     out = Output(json_output)
     result = run_bench(cfg, log=_progress)
@@ -76,9 +81,39 @@ def _fmt(value: Any, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def render(console, data: dict[str, Any]) -> None:
+_EMBED_ROWS = (
+    ("load (s)", "load_s", "{:.2f}", "lower"),
+    ("sentences/s", "sentences_per_s", "{:.1f}", "higher"),
+    ("tokens/s", "tokens_per_s", "{:.0f}", "higher"),
+    ("elapsed (s)", "elapsed_s", "{:.2f}", "lower"),
+    ("peak GPU memory (GiB)", "peak_gpu_memory_gib", "{:.2f}", "lower"),
+)
+
+
+def _table(data: dict[str, Any], rows):
     from rich.table import Table
 
+    hf = data.get("transformers")
+    ratio = data.get("ratio_llmctl_over_transformers") or {}
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("metric")
+    table.add_column("llmctl", justify="right")
+    if hf is not None:
+        table.add_column("transformers", justify="right")
+        table.add_column("llmctl/transformers", justify="right")
+    for label, key, fmt, better in rows:
+        row = [label, _fmt(data["llmctl"].get(key), fmt)]
+        if hf is not None:
+            r = ratio.get(key)
+            row += [_fmt(hf.get(key), fmt), "-" if r is None else f"{r:.2f}x ({better} is better)"]
+        table.add_row(*row)
+    return table
+
+
+def render(console, data: dict[str, Any]) -> None:
+    if data.get("task") == "embed":
+        render_embed(console, data)
+        return
     s = data["settings"]
     console.print(
         f"[bold]{data['model']}[/bold] ({data['weights']} weights) on {data['device']} "
@@ -91,23 +126,32 @@ def render(console, data: dict[str, Any]) -> None:
         f"transformers {data['transformers_version']}, {data['date']}",
         highlight=False,
     )
-    hf = data.get("transformers")
-    ratio = data.get("ratio_llmctl_over_transformers") or {}
-    table = Table(show_edge=False, header_style="bold")
-    table.add_column("metric")
-    table.add_column("llmctl", justify="right")
-    if hf is not None:
-        table.add_column("transformers", justify="right")
-        table.add_column("llmctl/transformers", justify="right")
-    for label, key, fmt, better in _ROWS:
-        row = [label, _fmt(data["llmctl"].get(key), fmt)]
-        if hf is not None:
-            r = ratio.get(key)
-            row += [_fmt(hf.get(key), fmt), "-" if r is None else f"{r:.2f}x ({better} is better)"]
-        table.add_row(*row)
-    console.print(table)
+    console.print(_table(data, _ROWS))
     if data.get("greedy_tokens_matching") is not None:
         console.print(
             f"greedy decode: the first {data['greedy_tokens_matching']} of {s['output_len']} tokens agree",
+            highlight=False,
+        )
+
+
+def render_embed(console, data: dict[str, Any]) -> None:
+    s = data["settings"]
+    console.print(
+        f"[bold]{data['model']}[/bold] ({data['weights']} weights, embeddings) on {data['device']} "
+        f"({data['device_name']}), {data['dtype']}",
+        highlight=False,
+    )
+    console.print(
+        f"{s['num_prompts']} inputs of {s['min_len']}-{s['max_len']} tokens, batch {s['batch_size']}, "
+        f"{s['pooling']} pooling{', normalised' if s['normalize'] else ''}; torch {data['torch_version']}, "
+        f"transformers {data['transformers_version']}, {data['date']}",
+        highlight=False,
+    )
+    console.print(_table(data, _EMBED_ROWS))
+    cos = data.get("cosine_similarity")
+    if cos is not None:
+        console.print(
+            f"cosine similarity llmctl vs transformers on the first {cos['inputs']} inputs: "
+            f"min {cos['min']:.6f}, mean {cos['mean']:.6f}",
             highlight=False,
         )

@@ -69,7 +69,8 @@ def _render(console, data) -> None:
     table.add_row("model", data["model"])
     table.add_row("architecture", data["architecture"])
     table.add_row("supported", "[green]yes[/]" if ok else "[red]no[/]")
-    table.add_row("implementation", data["implementation"])
+    impl = data["implementation"]
+    table.add_row("implementation", "transformers backend" if impl == "transformers" else impl)
     table.add_row("verification", data["verification"])
     table.add_row("tasks", ", ".join(data["tasks"]) or "-")
     table.add_row("trust_remote_code", "needed" if data["needs_trust_remote_code"] else "not needed")
@@ -82,6 +83,8 @@ def _render(console, data) -> None:
         if "fits" in mem:
             table.add_row("fits", f"{'yes' if mem['fits'] else 'no'} in {_gib(mem['gpu_memory_bytes'])}")
     console.print(table)
+    if data.get("note"):
+        console.print(f"  [cyan]•[/] {data['note']}")
     for reason in data["reasons"]:
         console.print(f"  [yellow]•[/] {reason}")
 

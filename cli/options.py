@@ -18,6 +18,12 @@ class Task(str, Enum):
     embed = "embed"
 
 
+class ModelImpl(str, Enum):
+    auto = "auto"
+    native = "native"
+    transformers = "transformers"
+
+
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -56,6 +62,11 @@ DtypeOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     Optional[str], typer.Option("--device", help="auto, cpu or cuda[:N] (default: config, else auto).", show_default=False)
+]
+ModelImplOpt = Annotated[
+    ModelImpl,
+    typer.Option("--model-impl", help="native: llmctl's own model definition; transformers: the transformers "
+                 "backend inside llmctl's engine; auto: native when there is one, else transformers."),
 ]
 MaxModelLenOpt = Annotated[
     Optional[int], typer.Option("--max-model-len", help="Context length to plan for (default: the model's).",

@@ -22,8 +22,10 @@ _llmctl() {
                 --against) COMPREPLY=($(compgen -W "transformers" -- "$cur")); return ;;
                 --repeats) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-model-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--random-weights --dtype --device --batch-size --input-len --output-len --num-prompts --against --repeats --json --enforce-eager --max-model-len --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--random-weights --dtype --device --batch-size --input-len --output-len --num-prompts --against --repeats --json --enforce-eager --max-model-len --min-len --max-len --help -h" -- "$cur"))
             [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur"))
             ;;
         "check")
@@ -86,10 +88,11 @@ _llmctl() {
                 --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-model-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-num-seqs) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --model-impl) COMPREPLY=($(compgen -W "auto native transformers" -- "$cur")); return ;;
                 --revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --source) COMPREPLY=($(compgen -W "hf modelscope" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--prompt -p --file -f --model -m --chat --no-chat --system --max-tokens --min-tokens --temperature -t --top-p --top-k --min-p --repetition-penalty --presence-penalty --frequency-penalty --stop --stop-token-id --ignore-eos --include-stop-str-in-output --skip-special-tokens --keep-special-tokens --logprobs --prompt-logprobs --seed --json --stream --no-stream --dtype --device --max-model-len --max-num-seqs --trust-remote-code --revision --source --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--prompt -p --file -f --model -m --chat --no-chat --system --max-tokens --min-tokens --temperature -t --top-p --top-k --min-p --repetition-penalty --presence-penalty --frequency-penalty --stop --stop-token-id --ignore-eos --include-stop-str-in-output --skip-special-tokens --keep-special-tokens --logprobs --prompt-logprobs --seed --json --stream --no-stream --dtype --device --max-model-len --max-num-seqs --trust-remote-code --model-impl --revision --source --help -h" -- "$cur"))
             ;;
         "inspect-arch")
             case "$prev" in

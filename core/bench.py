@@ -1,4 +1,7 @@
-"""Benchmark protocol: load time, TTFT, decode tok/s and throughput of llmctl, optionally beside transformers."""
+"""Benchmark protocol: load time, TTFT, decode tok/s and throughput of llmctl, optionally beside transformers.
+
+Embedding architectures take the protocol in core/bench_embed.py (sentences/s) through the same run_bench.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +28,17 @@ PROTOCOL = (
     "decode = (output_len - 1) tokens / time from first to last token, batch 1; "
     "batch = batch_size prompts together, output tokens / total time (prefill included); "
     "offline = num_prompts prompts submitted at once (llmctl only); "
-    "transformers: generate() with sdpa attention, dynamic KV cache, equal-length prompts (no padding); "
-    "peak GPU memory = torch.cuda.max_memory_allocated per side (llmctl's includes its preallocated KV cache)"
+    "transformers: generate() with sdpa attention (eager where transformers has none: Gemma 2, BLOOM, MPT), "
+    "dynamic KV cache, equal-length prompts (no padding); "
+    "peak GPU memory = torch.cuda.max_memory_allocated per side (llmctl's includes its preallocated KV cache); "
+    "weights with --against: transformers' tensors copied into llmctl (handover 'cpu': through CPU memory, "
+    "transformers freed before llmctl builds; 'device': copied on the device, llmctl's peak measured after "
+    "transformers is freed; 'none': each side its own random weights, greedy tokens then differ)"
 )
 
 RATIO_KEYS = ("load_s", "ttft_ms", "decode_tok_s", "batch_output_tok_s")
+HANDOVERS = ("cpu", "device", "none")
+DEFAULT_BATCH_SIZE = 8  # generation; embeddings default to bench_embed.DEFAULT_EMBED_BATCH_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +49,7 @@ class BenchConfig:
     random_weights: bool = False
     dtype: str = "auto"
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 8 for generation, 64 for embedding models
     input_len: int = 128
     output_len: int = 128
     num_prompts: int | None = None  # None: 1000 on CUDA (vLLM's benchmark default), 4 x batch_size elsewhere
@@ -49,12 +58,22 @@ class BenchConfig:
     max_model_len: int | None = None
     repeats: int = 5
     seed: int = 0
-    kv_cache_memory: int | None = None  # bytes of KV cache on CPU (the engine's default when None)
+    kv_cache_memory: int | None = None  # bytes of KV cache on any device (the engine's default when None)
+    max_num_seqs: int | None = None  # llmctl's engine; None: max(256, batch_size)
+    handover: str = "cpu"  # how --against hands transformers' weights to llmctl: "cpu" | "device" | "none"
+    embed_min_len: int = 16  # embedding models: input lengths uniform in [embed_min_len, embed_max_len]
+    embed_max_len: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "input_len", "repeats"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("batch_size", "input_len", "repeats", "max_num_seqs", "embed_min_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        if self.embed_max_len < self.embed_min_len:
+            raise UsageError(f"the longest embedding input ({self.embed_max_len}) is shorter than the shortest "
+                             f"({self.embed_min_len})")  # fmt: skip
+        if self.handover not in HANDOVERS:
+            raise UsageError(f"handover must be one of {', '.join(HANDOVERS)}, got {self.handover!r}")
         if self.output_len < 2:
             raise UsageError(f"output_len must be at least 2 (decode speed is measured after the first token), "
                              f"got {self.output_len}")
@@ -62,11 +81,10 @@ class BenchConfig:
             raise UsageError(f"num_prompts must be at least 1, got {self.num_prompts}")
         if self.against not in (None, "transformers"):
             raise UsageError(f"cannot bench against {self.against!r}", hint="use --against transformers")
-        if self.max_model_len is not None and self.max_model_len < self.input_len + self.output_len:
-            raise UsageError(
-                f"max_model_len={self.max_model_len} is less than input_len + output_len = "
-                f"{self.input_len + self.output_len}"
-            )
+
+    @property
+    def generate_batch_size(self) -> int:
+        return self.batch_size or DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -195,7 +213,8 @@ def build_llmctl(cfg: BenchConfig, path: Path, device, state: dict | None, log: 
     llm = LLM(
         str(path), dtype=cfg.dtype, device=device, skip_tokenizer_init=True, seed=cfg.seed,
         load_format="dummy" if cfg.random_weights else "auto",
-        max_model_len=cfg.max_model_len, max_num_seqs=max(256, cfg.batch_size), enforce_eager=cfg.enforce_eager,
+        max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs or max(256, cfg.generate_batch_size),
+        enforce_eager=cfg.enforce_eager,
         **({"kv_cache_memory": cfg.kv_cache_memory} if cfg.kv_cache_memory else {}),
     )
     init_s = clock(device) - t0
@@ -218,7 +237,8 @@ def bench_llmctl(llm, init_s: float, cfg: BenchConfig, num_prompts: int, log: Ca
     engine, device = llm.llm_engine, llm.device
     vocab = llm.hf_config.vocab_size
     one = random_prompts(1, cfg.input_len, vocab, cfg.seed)
-    batch = random_prompts(cfg.batch_size, cfg.input_len, vocab, cfg.seed + 1)
+    batch_size = cfg.generate_batch_size
+    batch = random_prompts(batch_size, cfg.input_len, vocab, cfg.seed + 1)
     log("llmctl: warm-up")
     _engine_run(engine, one, _params(4), device)
     _engine_run(engine, batch, _params(2), device)
@@ -228,7 +248,7 @@ def bench_llmctl(llm, init_s: float, cfg: BenchConfig, num_prompts: int, log: Ca
     log("llmctl: decode at batch 1")
     first, total, toks = _engine_run(engine, one, _params(cfg.output_len), device)
     decode = (cfg.output_len - 1) / max(total - first, 1e-9)
-    log(f"llmctl: batch of {cfg.batch_size}")
+    log(f"llmctl: batch of {batch_size}")
     _, batch_s, _ = _engine_run(engine, batch, _params(cfg.output_len), device)
 
     log(f"llmctl: offline throughput, {num_prompts} prompts")
@@ -244,7 +264,7 @@ def bench_llmctl(llm, init_s: float, cfg: BenchConfig, num_prompts: int, log: Ca
         cuda_graph_capture_s=_graph_capture_seconds(llm),
         ttft_ms=ttft * 1e3,
         decode_tok_s=decode,
-        batch_output_tok_s=cfg.batch_size * cfg.output_len / batch_s,
+        batch_output_tok_s=batch_size * cfg.output_len / batch_s,
         offline_output_tok_s=out_tokens / offline_s,
         offline_total_tok_s=(out_tokens + in_tokens) / offline_s,
         offline_elapsed_s=offline_s,
@@ -254,71 +274,53 @@ def bench_llmctl(llm, init_s: float, cfg: BenchConfig, num_prompts: int, log: Ca
     )
 
 
-def _cpu_state(model) -> dict:
-    """The model's tensors on the CPU (a copy only when they live elsewhere), by HF checkpoint name."""
-    return {name: t.detach().to("cpu") for name, t in model.state_dict().items()}
+def handover_state(model, handover: str) -> dict | None:
+    """transformers' tensors by HF checkpoint name for llmctl to copy: on the CPU ("cpu", a copy only when they
+    live elsewhere), where they are ("device": no copy, they stay alive as long as the dict), or None ("none")."""
+    if handover == "none":
+        return None
+    state = model.state_dict()
+    try:  # transformers 5 renames some checkpoint keys on load (GPT-NeoX's embed_out): llmctl reads the hub's names
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        pass
+    else:
+        state = revert_weight_conversion(model, state)
+    if handover == "device":
+        return {name: t.detach() for name, t in state.items()}
+    return {name: t.detach().to("cpu") for name, t in state.items()}
 
 
-def _check_generates(hf_config) -> None:
-    """Fail before any model is built when llmctl cannot generate with this architecture."""
+def bench_task(hf_config):
+    """("generate" | "embed", model_def class): fails before any model is built when llmctl cannot run it."""
     from llmctl.core import registry
-    from llmctl.core.engine.llm import model_class
+    from llmctl.core.errors import ModelReadError
 
     archs = getattr(hf_config, "architectures", None) or []
-    if archs and registry.GENERATE not in registry.get_arch(archs[0]).tasks:
+    if not archs:
+        raise ModelReadError("config.json has no 'architectures' entry: cannot tell which model to bench")
+    row = registry.get_arch(archs[0])
+    if row.status != "native":
         raise UnsupportedModelError(
-            f"llmctl bench measures text generation, and {archs[0]} is an embedding model",
-            hint="embedding benchmarks need llmctl's embedding engine, which is not available yet",
+            f"llmctl bench runs llmctl's own engine, which has no model definition for {row.architecture} yet",
+            hint="`llmctl check MODEL` shows what runs natively",
         )
-    model_class(archs)
+    task = registry.GENERATE if registry.GENERATE in row.tasks else registry.EMBED
+    return task, registry.load_model_class(row)
 
 
-# -- the whole run -------------------------------------------------------------------------------------
-
-
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the protocol and return one JSON-ready dict (see PROTOCOL; cli/bench.py renders it)."""
+def environment(cfg: BenchConfig, path: Path, device, dtype, task: str) -> dict[str, Any]:
+    """The keys every result starts with: what ran, where, with which versions, when."""
     import torch
-
-    from llmctl.core.engine.llm import load_hf_config, resolve_device, resolve_dtype, resolve_model_path
-    from llmctl.core.engine.tokenizer import is_gguf
-
-    log = log or (lambda _msg: None)
-    path = resolve_model_path(cfg.model)
-    if cfg.random_weights and is_gguf(path):
-        raise UsageError("--random-weights needs a model folder with config.json, not a .gguf file")
-    device = resolve_device(cfg.device)
-    hf_config = load_hf_config(path)
-    _check_generates(hf_config)
-    dtype = resolve_dtype(cfg.dtype, hf_config, device)
-    num_prompts = cfg.num_prompts or (1000 if device.type == "cuda" else 4 * cfg.batch_size)
-
-    hf_result = None
-    state = None
-    if cfg.against == "transformers":
-        # transformers first, so its weights can be handed over and its memory freed before llmctl builds.
-        _reset_peak(device)
-        from llmctl.core.bench_transformers import bench_transformers, build_transformers
-
-        model, load_s = build_transformers(cfg, path, dtype, device, log)
-        hf_result = bench_transformers(model, load_s, cfg, device, log)
-        state = _cpu_state(model)
-        del model
-        gc.collect()
-    _reset_peak(device)
-    llm, init_s = build_llmctl(cfg, path, device, state, log)
-    del state
-    ours = bench_llmctl(llm, init_s, cfg, num_prompts, log)
-    del llm
-    gc.collect()
-
     import transformers
 
     from llmctl import __version__
+    from llmctl.core.engine.tokenizer import is_gguf
 
-    result: dict[str, Any] = {
+    return {
         "model": cfg.model,
         "model_path": str(path),
+        "task": task,
         "weights": "random" if cfg.random_weights else ("gguf (dequantised)" if is_gguf(path) else "checkpoint"),
         "device": str(device),
         "device_name": device_name(device),
@@ -328,19 +330,78 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         "llmctl_version": __version__,
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {**{k: v for k, v in asdict(cfg).items() if k != "model"}, "num_prompts": num_prompts},
+    }
+
+
+# -- the whole run -------------------------------------------------------------------------------------
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the protocol and return one JSON-ready dict (see PROTOCOL, or EMBED_PROTOCOL for embedding models;
+    cli/bench.py renders it)."""
+    from llmctl.core.engine.llm import load_hf_config, resolve_device, resolve_dtype, resolve_model_path
+    from llmctl.core.engine.tokenizer import is_gguf
+
+    log = log or (lambda _msg: None)
+    path = resolve_model_path(cfg.model)
+    if cfg.random_weights and is_gguf(path):
+        raise UsageError("--random-weights needs a model folder with config.json, not a .gguf file")
+    device = resolve_device(cfg.device)
+    hf_config = load_hf_config(path)
+    task, model_cls = bench_task(hf_config)
+    dtype = resolve_dtype(cfg.dtype, hf_config, device)
+    if task == "embed":
+        from llmctl.core.bench_embed import run_embed_bench
+
+        return run_embed_bench(cfg, path, device, hf_config, dtype, model_cls, log)
+    if cfg.max_model_len is not None and cfg.max_model_len < cfg.input_len + cfg.output_len:
+        raise UsageError(
+            f"max_model_len={cfg.max_model_len} is less than input_len + output_len = {cfg.input_len + cfg.output_len}"
+        )
+    batch_size = cfg.generate_batch_size
+    num_prompts = cfg.num_prompts or (1000 if device.type == "cuda" else 4 * batch_size)
+
+    hf_result = state = attention = None
+    if cfg.against == "transformers":
+        # transformers first, so its weights can be handed over and its memory freed before llmctl builds.
+        _reset_peak(device)
+        from llmctl.core.bench_transformers import bench_transformers, build_transformers
+
+        model, load_s = build_transformers(cfg, path, dtype, device, log)
+        hf_result = bench_transformers(model, load_s, cfg, device, log)
+        attention = model.config._attn_implementation
+        state = handover_state(model, cfg.handover)  # "device": the dict keeps transformers' tensors alive
+        del model
+        gc.collect()
+    _reset_peak(device)
+    llm, init_s = build_llmctl(cfg, path, device, state, log)
+    state_handed_over = state is not None or not cfg.random_weights
+    if state is not None and cfg.handover == "device":
+        state = None
+        _reset_peak(device)  # transformers' tensors are gone: the peak from here on is llmctl's own
+    state = None
+    ours = bench_llmctl(llm, init_s, cfg, num_prompts, log)
+    del llm
+    gc.collect()
+
+    result: dict[str, Any] = {
+        **environment(cfg, path, device, dtype, "generate"),
+        "settings": {**{k: v for k, v in asdict(cfg).items() if k != "model"}, "num_prompts": num_prompts,
+                     "batch_size": batch_size},
         "protocol": PROTOCOL,
         "llmctl": _side_dict(ours),
         "transformers": None,
         "ratio_llmctl_over_transformers": None,
         "greedy_tokens_matching": None,
+        "transformers_attention": attention,
     }
     if hf_result is not None:
         result["transformers"] = _side_dict(hf_result)
         result["ratio_llmctl_over_transformers"] = {
             k: _ratio(getattr(ours, k), getattr(hf_result, k)) for k in RATIO_KEYS
         }
-        result["greedy_tokens_matching"] = leading_match(ours.decode_token_ids, hf_result.decode_token_ids)
+        if state_handed_over:
+            result["greedy_tokens_matching"] = leading_match(ours.decode_token_ids, hf_result.decode_token_ids)
     return result
 
 

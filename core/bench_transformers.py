@@ -34,7 +34,8 @@ def build_transformers(cfg: BenchConfig, path: Path, dtype, device, log: Callabl
     transformers.logging.set_verbosity_error()
     log("transformers: loading")
     t0 = clock(device)
-    kw = {"dtype": dtype, "attn_implementation": "sdpa"}
+    attn = "sdpa" if path.is_file() else sdpa_or_eager(AutoModelForCausalLM, path)
+    kw = {"dtype": dtype, "attn_implementation": attn}
     if cfg.random_weights:
         config = AutoConfig.from_pretrained(str(path))
         torch.manual_seed(cfg.seed)
@@ -48,13 +49,24 @@ def build_transformers(cfg: BenchConfig, path: Path, dtype, device, log: Callabl
     return model, clock(device) - t0
 
 
+def sdpa_or_eager(auto_cls, path: Path) -> str:
+    """"sdpa" when transformers' class for this config supports it (Gemma 2, BLOOM and MPT do not), else "eager"."""
+    from transformers import AutoConfig
+
+    try:
+        model_cls = auto_cls._model_mapping[type(AutoConfig.from_pretrained(str(path)))]
+    except (KeyError, AttributeError, OSError, ValueError):
+        return "sdpa"
+    return "sdpa" if getattr(model_cls, "_supports_sdpa", True) else "eager"
+
+
 def bench_transformers(model, load_s: float, cfg: BenchConfig, device, log: Callable[[str], None]) -> SideResult:
     """The same protocol through generate(): warm-up, TTFT, batch-1 decode (token times), batch throughput."""
     import torch
 
     vocab = model.config.vocab_size
     one = torch.tensor(random_prompts(1, cfg.input_len, vocab, cfg.seed), device=device)
-    batch = torch.tensor(random_prompts(cfg.batch_size, cfg.input_len, vocab, cfg.seed + 1), device=device)
+    batch = torch.tensor(random_prompts(cfg.generate_batch_size, cfg.input_len, vocab, cfg.seed + 1), device=device)
     pad = model.generation_config.pad_token_id
     if pad is None:
         eos = model.generation_config.eos_token_id
@@ -81,11 +93,11 @@ def bench_transformers(model, load_s: float, cfg: BenchConfig, device, log: Call
     out = gen(one, cfg.output_len, times)
     stamps = times.times[1:]  # the first put() is the prompt
     decode = (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
-    log(f"transformers: batch of {cfg.batch_size}")
+    log(f"transformers: batch of {cfg.generate_batch_size}")
     t0 = clock(device)
     batch_out = gen(batch, cfg.output_len)
     batch_s = clock(device) - t0
-    new_tokens = (batch_out.shape[1] - cfg.input_len) * cfg.batch_size
+    new_tokens = (batch_out.shape[1] - cfg.input_len) * cfg.generate_batch_size
     return SideResult(
         load_s=load_s,
         init_s=load_s,

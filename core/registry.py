@@ -18,6 +18,7 @@ from llmctl.core.errors import UnsupportedModelError
 GENERATE = "generate"
 EMBED = "embed"
 LEVELS = ("strict", "sensible", "runtime", "none")
+MODEL_IMPLS = ("auto", "native", "transformers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,10 @@ _ROWS: tuple[ArchInfo, ...] = (
 
 REGISTRY: dict[str, ArchInfo] = {row.architecture: row for row in _ROWS}
 
+# Architectures run through the transformers backend, at the level its tests show (the same LEVELS);
+# tests/models/test_transformers_backend.py lists the strict ones in CONSISTENCY_ARCHITECTURES.
+TRANSFORMERS_VERIFIED: dict[str, str] = {"Starcoder2ForCausalLM": "strict"}
+
 
 def all_architectures() -> list[ArchInfo]:
     return list(_ROWS)
@@ -130,20 +135,144 @@ def nearest_native(architecture: str) -> str | None:
 
 
 @lru_cache(maxsize=1)
-def _transformers_auto_text() -> str:
+def _transformers_models_dir() -> Path | None:
+    """transformers' models/ folder, found without importing transformers."""
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
-        return ""
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "auto" / "modeling_auto.py"
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+@lru_cache(maxsize=64)
+def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError:
         return ""
 
 
+def _transformers_auto_text() -> str:
+    models = _transformers_models_dir()
+    return _read(models / "auto" / "modeling_auto.py") if models is not None else ""
+
+
 def transformers_has(architecture: str) -> bool:
     """Whether the installed transformers ships a class for `architecture` (read from its source, not imported)."""
     return f'"{architecture}"' in _transformers_auto_text()
+
+
+def _causal_lm_names() -> str:
+    """The text of modeling_auto.py's MODEL_FOR_CAUSAL_LM_MAPPING_NAMES: what AutoModelForCausalLM can build."""
+    text = _transformers_auto_text()
+    start = text.find("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES = ")
+    if start < 0:
+        return ""
+    end = text.find("\n)", start)
+    return text[start : end if end > 0 else len(text)]
+
+
+def _modeling_source(architecture: str, model_type: str | None) -> str:
+    """The source of the modeling file that defines `class <architecture>(`, or "" when none does."""
+    models = _transformers_models_dir()
+    if models is None:
+        return ""
+    needle = f"class {architecture}("
+    folders = [model_type, model_type.removesuffix("_text")] if model_type else []
+    for folder in filter(None, folders):
+        text = _read(models / folder / f"modeling_{folder}.py")
+        if needle in text:
+            return text
+    for path in sorted(models.glob("*/modeling_*.py")):  # a model_type that is not its folder's name
+        text = _read(path)
+        if needle in text:
+            return text
+    return ""
+
+
+def _renames_checkpoint(model_type: str) -> bool:
+    """Whether transformers' conversion_mapping.py converts this model_type's checkpoint tensors on load."""
+    models = _transformers_models_dir()
+    text = _read(models.parent / "conversion_mapping.py") if models is not None else ""
+    return any(key in text for key in (f'"{model_type}": [', f'"{model_type}": "', f'mapping["{model_type}"]'))
+
+
+def transformers_backend_blocker(architecture: str, model_type: str | None = None) -> str | None:
+    """Why the transformers backend cannot run `architecture`, or None when it can (source text only, no import).
+
+    It can when transformers builds the class as a causal LM and the class routes attention through
+    transformers' AttentionInterface (`_supports_attention_backend = True`), where llmctl's attention plugs in.
+    """
+    if _transformers_models_dir() is None:
+        return "transformers is not installed"
+    if f'"{architecture}"' not in _causal_lm_names():
+        if transformers_has(architecture):
+            return f"transformers has {architecture}, but not as a text-generation (causal LM) model"
+        return f"the installed transformers has no class {architecture}"
+    if model_type and _renames_checkpoint(model_type):
+        return (
+            f"transformers converts {model_type} checkpoint tensors while loading them (renamed or fused, as MoE "
+            "experts are); llmctl's loader reads checkpoint names as they are and cannot load it through "
+            "transformers yet"
+        )
+    source = _modeling_source(architecture, model_type)
+    if "_supports_attention_backend = True" not in source:
+        return (
+            f"transformers' {architecture} does not route attention through its attention interface, "
+            "so llmctl's paged attention cannot serve it"
+        )
+    return None
+
+
+def implementation_for(
+    architecture: str,
+    model_impl: str = "auto",
+    *,
+    model_type: str | None = None,
+    task: str = GENERATE,
+    remote_code: bool = False,
+    trust_remote_code: bool = False,
+) -> str:
+    """"native" or "transformers": which implementation runs `architecture` for model_impl auto | native | transformers.
+
+    auto: the native def when the registry has one, else the transformers backend when transformers
+    can build the architecture as a causal LM (or the repo's own code, with trust_remote_code).
+    Raises UnsupportedModelError saying why neither can, and what to try.
+    """
+    if model_impl not in MODEL_IMPLS:
+        raise UnsupportedModelError(
+            f"model_impl={model_impl!r} is not available", hint=f"use one of {', '.join(MODEL_IMPLS)}"
+        )
+    row = REGISTRY.get(architecture)
+    if row is not None and task not in row.tasks:
+        raise UnsupportedModelError(
+            f"{architecture} supports task(s) {', '.join(row.tasks)}, not {task}",
+            hint="use task='embed' / `llmctl embed` for embedding models" if EMBED in row.tasks else None,
+        )
+    if row is not None and row.status == "native" and model_impl != "transformers":
+        return "native"
+    if model_impl == "native":
+        can = not remote_code and transformers_backend_blocker(architecture, model_type) is None
+        raise UnsupportedModelError(
+            f"{architecture} has no native model definition in llmctl",
+            hint="model_impl='auto' or 'transformers' runs it through the transformers backend" if can else None,
+        )
+    if task != GENERATE:
+        raise UnsupportedModelError(f"the transformers backend runs text generation only, not {task}")
+    if remote_code:
+        if trust_remote_code:
+            return "transformers"
+        raise UnsupportedModelError(
+            f"{architecture} needs code from its repo",
+            hint="pass trust_remote_code=True (--trust-remote-code) if you trust it",
+        )
+    blocker = transformers_backend_blocker(architecture, model_type)
+    if blocker is not None:
+        if model_impl == "transformers":
+            raise UnsupportedModelError(f"{architecture} cannot run through the transformers backend", hint=blocker)
+        if row is None:
+            get_arch(architecture)  # raises the registry's error: what is native, the nearest match
+        raise UnsupportedModelError(f"{architecture} has no native model definition in llmctl yet", hint=blocker)
+    return "transformers"
 
 
 def load_model_class(row: ArchInfo):

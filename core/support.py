@@ -5,9 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmctl.core.registry import ArchInfo, lookup, nearest_native, transformers_has
+from llmctl.core.registry import (
+    TRANSFORMERS_VERIFIED,
+    ArchInfo,
+    lookup,
+    nearest_native,
+    transformers_backend_blocker,
+    transformers_has,
+)
 
 GIB = 1024**3
+TRANSFORMERS_NOTE = (
+    "runs through the transformers backend inside llmctl's engine (llmctl's scheduler, sampler and paged "
+    "KV cache, transformers' layers); native kernels are not used for its layers"
+)
+REMOTE_NOTE = (
+    "runs the repo's own model code through the transformers backend inside llmctl's engine, provided that "
+    "code routes attention through transformers' AttentionInterface (checked when the model loads)"
+)
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "fp8": 1}
 
 
@@ -22,6 +37,7 @@ class Verdict:
     quantization: dict[str, Any] | None
     reasons: list[str] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # how it runs, when that is not llmctl's own model definition
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +50,7 @@ class Verdict:
             "quantization": self.quantization,
             "reasons": self.reasons,
             "memory": self.memory,
+            "note": self.note,
         }
 
 
@@ -63,30 +80,33 @@ def verdict(
     remote = needs_remote_code(spec, row)
     tasks = list(row.tasks) if row is not None else []
 
+    note = None
+    level = row.level if row is not None else "none"
     if row is not None and row.status == "native":
         implementation = "native"
         supported = True
     else:
-        implementation = "none"
-        supported = False
-        if row is None:
-            reasons.append(f"architecture {spec.architecture} is not in llmctl's registry")
+        blocker = None if remote else transformers_backend_blocker(spec.architecture, spec.model_type)
+        if (remote and trust_remote_code) or (not remote and blocker is None):
+            implementation, supported = "transformers", True
+            note = REMOTE_NOTE if remote else TRANSFORMERS_NOTE
+            tasks = tasks or ["generate"]
+            level = TRANSFORMERS_VERIFIED.get(spec.architecture, "none")
         else:
-            reasons.append(f"{spec.architecture} is on llmctl's list but its native model definition is not built yet")
-        if transformers_has(spec.architecture):
-            reasons.append(
-                "transformers has this class, but llmctl's transformers backend (model_impl='transformers') "
-                "is not built yet"
-            )
-        near = nearest_native(spec.architecture)
-        if near:
-            reasons.append(f"nearest natively supported architecture: {near}")
-    if remote:
-        if trust_remote_code:
-            reasons.append("the repo's own code would be needed (--trust-remote-code given), and llmctl cannot run it yet")
-        else:
-            reasons.append("this model needs code from its repo: pass --trust-remote-code if you trust it")
-        supported = False
+            implementation, supported = "none", False
+            if row is None:
+                reasons.append(f"architecture {spec.architecture} is not in llmctl's registry")
+            else:
+                reasons.append(
+                    f"{spec.architecture} is on llmctl's list but its native model definition is not built yet"
+                )
+            if blocker is not None and transformers_has(spec.architecture):
+                reasons.append(f"the transformers backend cannot run it: {blocker}")
+            near = nearest_native(spec.architecture)
+            if near:
+                reasons.append(f"nearest natively supported architecture: {near}")
+            if remote:
+                reasons.append("this model needs code from its repo: pass --trust-remote-code if you trust it")
 
     if task is not None and tasks and task not in tasks:
         supported = False
@@ -98,6 +118,9 @@ def verdict(
         if not quant.supported:
             supported = False
             reasons.append(f"{quant.method} quantization: {quant.reason or 'not runnable by llmctl yet'}")
+        elif implementation == "transformers":
+            supported = False
+            reasons.append(f"{quant.method} quantization: the transformers backend loads unquantized checkpoints only")
 
     memory = memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_bytes_per_token)
     if memory.get("fits") is False:
@@ -112,10 +135,11 @@ def verdict(
         implementation=implementation,
         tasks=tasks,
         needs_trust_remote_code=remote,
-        level=row.level if row is not None else "none",
+        level=level,
         quantization=quant_dict,
         reasons=reasons,
         memory=memory,
+        note=note,
     )
 
 

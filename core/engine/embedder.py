@@ -35,7 +35,7 @@ class EmbeddingRequestOutput:
 
     request_id: str
     outputs: EmbeddingOutput
-    prompt: str
+    prompt: str | None  # None for token-id inputs
     prompt_token_ids: list[int]
     truncated: bool = False
     finished: bool = True
@@ -88,6 +88,19 @@ class Embedder:
                 results[i] = (list(ids), True)
         return results
 
+    def _tokens(self, items: Sequence[str | list[int]]) -> list[tuple[list[int], bool]]:
+        """(token ids, truncated) per input: texts through the tokenizer, token-id inputs cut to max_seq_length."""
+        texts = [(i, t) for i, t in enumerate(items) if isinstance(t, str)]
+        if texts and self.tokenizer is None:
+            raise UsageError("this embedding LLM has no tokenizer (skip_tokenizer_init=True): pass token-id "
+                             'prompts {"prompt_token_ids": [...]}')  # fmt: skip
+        limit = self.config.max_seq_length
+        results = [(ids[:limit], len(ids) > limit) if not isinstance(ids, str) else None for ids in items]
+        if texts:
+            for (i, _), tokens in zip(texts, self.tokenize([t for _, t in texts])):
+                results[i] = tokens
+        return results
+
     # -- running ------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -121,13 +134,15 @@ class Embedder:
         prompt: str | None = None,
         batch_size: int | None = None,
     ) -> list[EmbeddingRequestOutput]:
-        """One EmbeddingRequestOutput per text, in input order.
+        """One EmbeddingRequestOutput per input, in input order.
 
-        pooling / normalize None take the checkpoint's settings; prompt None takes the checkpoint's
-        default prompt (config_sentence_transformers.json default_prompt_name), if any; dimensions
-        keeps the first N components (Matryoshka), renormalised when normalize is on.
+        An input is a text or a token-id prompt {"prompt_token_ids": [...]} (used as given: no prompt
+        prefix, no special tokens added, cut to max_seq_length). pooling / normalize None take the
+        checkpoint's settings; prompt None takes the checkpoint's default prompt
+        (config_sentence_transformers.json default_prompt_name), if any; dimensions keeps the first N
+        components (Matryoshka), renormalised when normalize is on.
         """
-        items = _text_list(texts)
+        items = _input_list(texts)
         cfg = self.config
         pooling = cfg.pooling if pooling is None else pooling
         if pooling not in POOLING_TYPES:
@@ -140,8 +155,8 @@ class Embedder:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         if prompt is None and cfg.default_prompt_name is not None:
             prompt = cfg.prompts[cfg.default_prompt_name]
-        prompts = [f"{prompt}{text}" if prompt else text for text in items]
-        tokens = self.tokenize(prompts) if prompts else []
+        prompts = [f"{prompt}{text}" if prompt and isinstance(text, str) else text for text in items]
+        tokens = self._tokens(prompts)
         for i, (ids, _) in enumerate(tokens):
             if not ids:
                 raise UsageError(f"input {i} ({items[i]!r}) has no tokens after tokenization: nothing to embed")
@@ -155,20 +170,30 @@ class Embedder:
 
         outputs = []
         for text, (ids, truncated), vec in zip(prompts, tokens, vectors):
+            text = text if isinstance(text, str) else None
             outputs.append(EmbeddingRequestOutput(str(self._next_id), EmbeddingOutput(vec), text, ids, truncated))
             self._next_id += 1
         return outputs
 
 
-def _text_list(texts) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, dict) or not isinstance(texts, Iterable):
+def _input_list(texts) -> list[str | list[int]]:
+    """Texts stay strings; token-id prompts ({"prompt_token_ids": [...]}) become lists of ints."""
+    if isinstance(texts, (str, dict)):
+        texts = [texts]
+    if not isinstance(texts, Iterable):
         raise UsageError(f"embed takes a string or a list of strings, got {type(texts).__name__}")
-    items = list(texts)
-    for i, text in enumerate(items):
-        if not isinstance(text, str):
-            raise UsageError(f"embed takes strings; input {i} is {type(text).__name__}")
+    items: list[str | list[int]] = []
+    for i, item in enumerate(texts):
+        if isinstance(item, dict) and "prompt_token_ids" in item:
+            ids = item["prompt_token_ids"]
+            if isinstance(ids, (str, bytes)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise UsageError(f"input {i}: prompt_token_ids must be a list of integers")
+            items.append(list(ids))
+        elif isinstance(item, str):
+            items.append(item)
+        else:
+            raise UsageError(f'embed takes strings or {{"prompt_token_ids": [...]}}; input {i} is '
+                             f"{type(item).__name__}")  # fmt: skip
     return items
 
 
@@ -191,7 +216,7 @@ def build_embedder(
     """The Embedder for a model folder: registry row -> model_def, sentence-transformers settings, weights.
 
     `weights` are the checkpoint's (name, tensor) pairs (None: dummy weights); max_model_len, when
-    given, replaces the checkpoint's max_seq_length.
+    given, replaces the checkpoint's max_seq_length; tokenizer None embeds token-id prompts only.
     """
     from llmctl.core import registry
     from llmctl.core.engine.embedding_config import read_embedding_config
@@ -206,8 +231,6 @@ def build_embedder(
             f"{row.architecture} is not an embedding model (tasks: {', '.join(row.tasks)})",
             hint="use task='generate' / `llmctl generate` for text-generation models",
         )
-    if tokenizer is None:
-        raise UsageError("task='embed' needs a tokenizer: drop skip_tokenizer_init=True")
     model_cls = registry.load_model_class(row)
     max_positions = model_cls.max_positions(hf_config)
     config = read_embedding_config(

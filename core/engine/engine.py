@@ -69,7 +69,8 @@ class LLMEngine:
         self.eos_token_ids = set(eos_token_ids)
         self.max_model_len = max_model_len
         if max_num_batched_tokens is None:
-            max_num_batched_tokens = max(2048, max_num_seqs)
+            # CUDA: large packed prefills keep the GPU busy (vLLM's offline default is of this size); CPU: 2048.
+            max_num_batched_tokens = max(8192 if self.device.type == "cuda" else 2048, max_num_seqs)
         self.config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len)
         if block_size < 1:
             raise UsageError(f"block_size must be at least 1 (got {block_size})")
@@ -187,8 +188,12 @@ class LLMEngine:
 
     # -- the step -----------------------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
-        """Run one packed batch; outputs of requests that advanced, finished or were rejected."""
+    def step(self, finished_only: bool = False) -> list[RequestOutput]:
+        """Run one packed batch; outputs of requests that advanced, finished or were rejected.
+
+        finished_only=True reports only the requests that finished or were rejected (offline runs that wait for
+        whole results skip building an output per running request per step).
+        """
         outputs = [self._make_output(seq) for seq in self._rejected]
         for seq in self._rejected:
             self._seqs.pop(seq.request_id, None)
@@ -214,6 +219,8 @@ class LLMEngine:
                 self.scheduler.finish(seq)
                 seq.metrics.finished_time = now
                 self._seqs.pop(seq.request_id, None)
+            elif finished_only:
+                continue
             outputs.append(self._make_output(seq))
         return outputs
 

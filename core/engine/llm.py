@@ -29,8 +29,8 @@ _DTYPES = {
 }  # fmt: skip
 
 # Engine options accepted beyond the named arguments; vLLM options that change nothing here are ignored.
-_ENGINE_OPTIONS = {"max_num_batched_tokens", "block_size", "kv_cache_memory", "num_kv_blocks"}
-_IGNORED_OPTIONS = {"enforce_eager", "swap_space", "disable_log_stats", "tokenizer_mode", "enable_prefix_caching"}
+_ENGINE_OPTIONS = {"max_num_batched_tokens", "block_size", "kv_cache_memory", "num_kv_blocks", "padded_decode"}
+_IGNORED_OPTIONS = {"swap_space", "disable_log_stats", "tokenizer_mode", "enable_prefix_caching"}
 
 
 def resolve_model_path(model: str | Path, revision: str | None = None) -> Path:
@@ -53,6 +53,31 @@ def model_class(architectures: list[str] | None) -> type[torch.nn.Module]:
             hint="use task='embed' / `llmctl embed` for embedding models",
         )
     return registry.load_model_class(row)
+
+
+def select_model_class(hf_config, model_impl: str = "auto", trust_remote_code: bool = False) -> type[torch.nn.Module]:
+    """The model class for model_impl auto | native | transformers (registry.implementation_for decides).
+
+    "native" goes through model_class(); "transformers" is model_defs/transformers_backend.py's class,
+    which builds the transformers model from hf_config and runs it inside llmctl's engine.
+    """
+    from llmctl.core import registry
+
+    architectures = getattr(hf_config, "architectures", None)
+    if not architectures:
+        raise ModelReadError("config.json has no 'architectures' entry: cannot tell which model to build")
+    auto_map = getattr(hf_config, "auto_map", None) or {}
+    remote = "AutoModelForCausalLM" in auto_map and not registry.transformers_has(architectures[0])
+    impl = registry.implementation_for(
+        architectures[0], model_impl, model_type=getattr(hf_config, "model_type", None),
+        remote_code=remote, trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+    if impl == "native":
+        return model_class(architectures)
+    from llmctl.model_defs import transformers_backend
+
+    backend = transformers_backend
+    return backend.TransformersRemoteForCausalLM if remote else backend.TransformersForCausalLM
 
 
 def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str | None = None):
@@ -144,10 +169,12 @@ class LLM:
     dtype "auto" keeps the checkpoint's dtype on CUDA and uses float32 on CPU when the checkpoint is
     bf16/fp16; device "auto" is cuda when available, else cpu. max_model_len defaults to the model's
     max_position_embeddings, lowered (with a warning) to what the KV cache holds. Engine options:
-    max_num_batched_tokens (default max(2048, max_num_seqs)), block_size (16), kv_cache_memory (bytes
+    max_num_batched_tokens (default max(8192 on CUDA / 2048 on CPU, max_num_seqs)), block_size (16), kv_cache_memory (bytes
     of KV cache on any device; default on CPU 1 GiB, on CUDA what gpu_memory_utilization leaves; capped
-    at what max_num_seqs sequences of max_model_len need), num_kv_blocks (fixes the block count);
-    enforce_eager is accepted (no CUDA graphs yet).
+    at what max_num_seqs sequences of max_model_len need), num_kv_blocks (fixes the block count),
+    padded_decode (decode steps at bucketed batch sizes on static inputs; default: on for CUDA only).
+    On CUDA, decode steps replay CUDA graphs captured at start-up for bucketed batch sizes; enforce_eager=True
+    runs them eagerly instead (same kernels, same shapes, same tokens).
     """
 
     def __init__(
@@ -169,6 +196,7 @@ class LLM:
         revision: str | None = None,
         tokenizer_revision: str | None = None,
         tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
         **engine_options: Any,
     ):
         unknown = set(engine_options) - _ENGINE_OPTIONS - _IGNORED_OPTIONS
@@ -176,8 +204,10 @@ class LLM:
             raise UsageError(f"unknown LLM option(s): {', '.join(sorted(unknown))}")
         if task not in ("generate", "auto", "embed", "embedding"):
             raise UnsupportedModelError(f"task={task!r} is not available; use 'generate' or 'embed'")
-        if model_impl not in ("auto", "native"):
-            raise UnsupportedModelError(f"model_impl={model_impl!r} is not available; use 'auto' or 'native'")
+        if model_impl not in ("auto", "native", "transformers"):
+            raise UnsupportedModelError(
+                f"model_impl={model_impl!r} is not available; use 'auto', 'native' or 'transformers'"
+            )
         if tensor_parallel_size != 1:
             raise UsageError("llmctl runs on one device: tensor_parallel_size must be 1")
         if not 0.0 < gpu_memory_utilization <= 1.0:
@@ -197,7 +227,8 @@ class LLM:
             self._init_embedder(path, tokenizer, max_model_len, load_format, trust_remote_code,
                                 tokenizer_revision or revision, skip_tokenizer_init)
             return
-        model_cls = model_class(getattr(self.hf_config, "architectures", None))
+        model_cls = select_model_class(self.hf_config, model_impl, trust_remote_code)
+        self.model_impl = "transformers" if getattr(model_cls, "is_transformers_backend", False) else "native"
         max_pos = getattr(self.hf_config, "max_position_embeddings", None)
         shrink = max_model_len is None  # the model's full context, unless the KV cache holds less
         if max_model_len is None:
@@ -231,6 +262,8 @@ class LLM:
             eos_token_ids=eos,
             seed=seed,
             shrink_max_model_len=shrink,
+            enforce_eager=enforce_eager,
+            padded_decode=engine_options.get("padded_decode"),
         )
         self.max_model_len = self.llm_engine.max_model_len
 
@@ -361,7 +394,7 @@ class LLM:
         bar = _progress(len(request_ids)) if use_tqdm else None
         try:
             while engine.has_unfinished_requests():
-                for out in engine.step():
+                for out in engine.step(finished_only=True):
                     if out.finished:
                         finished[out.request_id] = out
                         if bar is not None:

@@ -60,6 +60,14 @@ class SamplingState:
         else:
             self.eos_token_ids = tuple(self.eos_token_ids)
 
+    @property
+    def stop_ids(self) -> set[int]:
+        """stop_token_ids plus the EOS ids unless ignore_eos (computed once: params do not change)."""
+        ids = self.__dict__.get("_stop_ids")
+        if ids is None:
+            ids = self.__dict__["_stop_ids"] = self.params.all_stop_token_ids(self.eos_token_ids)
+        return ids
+
     def generator_for(self, device: torch.device) -> torch.Generator | None:
         """This request's own generator (seeded requests only), on `device`."""
         if self.params.seed is None:
@@ -121,7 +129,7 @@ def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState]) -> torch
     cols: list[int] = []
     for i, s in enumerate(states):
         if len(s.output_token_ids) < s.params.min_tokens:
-            for t in s.params.all_stop_token_ids(s.eos_token_ids):
+            for t in s.stop_ids:
                 if 0 <= t < V:
                     rows.append(i)
                     cols.append(t)

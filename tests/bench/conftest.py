@@ -55,3 +55,17 @@ def tiny_config_dir(tmp_path_factory):
     config.architectures = ["LlamaForCausalLM"]
     config.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A config.json-only BertModel folder (no tokenizer, no sentence-transformers files: CLS pooling)."""
+    from transformers import BertConfig
+
+    path = tmp_path_factory.mktemp("bench_tiny_bert")
+    config = BertConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=48, architectures=["BertModel"],
+    )  # fmt: skip
+    config.save_pretrained(path)
+    return path

@@ -117,15 +117,28 @@ def test_human_table_shows_both_sides_and_ratio(against):
     assert f"{against['llmctl']['decode_tok_s']:.1f}" in text
 
 
-def test_embedding_model_is_refused_with_one_line(tmp_path):
-    from transformers import BertConfig
+def test_architecture_without_native_def_is_refused_with_one_line(tmp_path):
+    from transformers import MixtralConfig
 
-    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, architectures=["BertModel"])  # fmt: skip
+    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, architectures=["MixtralForCausalLM"])  # fmt: skip
     config.save_pretrained(tmp_path)
     res = CliRunner().invoke(_app(), ["bench", str(tmp_path), "--random-weights", "--device", "cpu"])
     assert res.exit_code == 1
-    assert "embedding model" in res.stderr and "Traceback" not in res.stderr
+    assert "no model definition for MixtralForCausalLM" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_handover_on_the_device_gives_the_same_weights(tiny_config_dir):
+    result = run_bench(BenchConfig(model=str(tiny_config_dir), random_weights=True, against="transformers",
+                                   handover="device", **SMALL))  # fmt: skip
+    assert result["greedy_tokens_matching"] == 5
+
+
+def test_handover_none_gives_each_side_its_own_weights(tiny_config_dir):
+    result = run_bench(BenchConfig(model=str(tiny_config_dir), random_weights=True, against="transformers",
+                                   handover="none", **SMALL))  # fmt: skip
+    assert result["transformers"] is not None and result["settings"]["handover"] == "none"
+    assert result["greedy_tokens_matching"] is None  # different random weights: a match count would mean nothing
 
 
 def test_cli_rejects_bad_lengths(tiny_config_dir):
@@ -140,7 +153,8 @@ def test_cli_rejects_bad_lengths(tiny_config_dir):
 @pytest.mark.parametrize(
     "kw",
     [dict(output_len=1), dict(input_len=0), dict(batch_size=0), dict(num_prompts=0), dict(against="vllm"),
-     dict(repeats=0), dict(input_len=100, output_len=100, max_model_len=128)],  # fmt: skip
+     dict(repeats=0), dict(max_num_seqs=0), dict(handover="gpu"), dict(embed_min_len=0),
+     dict(embed_min_len=32, embed_max_len=16)],  # fmt: skip
 )
 def test_config_validation(kw):
     with pytest.raises(UsageError):

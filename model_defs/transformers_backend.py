@@ -1,0 +1,214 @@
+"""The transformers backend: a transformers causal LM inside llmctl's engine, attending through its paged KV cache.
+
+transformers builds the model from its config (no weights, no download); llmctl's attention is registered
+in transformers' AttentionInterface under ATTN_IMPLEMENTATION, so every attention module of the model
+hands its q/k/v (after its own rotary) to `llmctl_attention`, which writes k/v into the paged cache at the
+step's slot_mapping and attends with the same dispatched ops as model_defs/layers/attention.py. The
+packed batch goes in as batch size 1 with the real positions; transformers builds no mask for an
+attention implementation its mask interface does not know (masking_utils._preprocess_mask_arguments),
+so nothing O(T^2) is made outside the attention op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import importlib
+
+import torch
+from torch import nn
+
+from llmctl.core.errors import UnsupportedModelError
+from llmctl.kernels.dispatch import get_op
+from llmctl.model_defs.layers.context import ForwardContext
+
+ATTN_IMPLEMENTATION = "llmctl_paged"
+
+# The step's ForwardContext, bound by TransformersForCausalLM.forward for the duration of one forward pass.
+# A context variable rather than a forward kwarg: transformers' decoder families differ in which kwargs they
+# pass down to the attention function, but all of them call it inside the model's forward.
+_STEP: contextvars.ContextVar[ForwardContext | None] = contextvars.ContextVar("llmctl_step", default=None)
+
+
+def llmctl_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: q (1, nh, T, hd), k/v (1, nkv, T, hd) -> ((1, T, nh, hd), None).
+
+    The module's layer_idx picks its KV cache; sliding window, logit softcap and scaling come from the
+    call's kwargs or else the module's attributes (the names transformers' decoder families use).
+    """
+    ctx = _STEP.get()
+    if ctx is None:
+        raise RuntimeError("llmctl's attention was called outside TransformersForCausalLM.forward")
+    if query.shape[0] != 1:
+        raise RuntimeError(f"llmctl's attention takes one packed batch (batch size 1), got {query.shape[0]}")
+    if kwargs.get("s_aux") is not None:
+        raise UnsupportedModelError(f"{type(module).__name__} uses attention sinks, which llmctl's attention lacks")
+    meta = ctx.attn_metadata
+    num_heads, head_dim = query.shape[1], query.shape[3]
+    q = query[0].transpose(0, 1)  # (T, nh, hd)
+    k = key[0].transpose(0, 1)  # (T, nkv, hd)
+    v = value[0].transpose(0, 1)
+    if v.shape[-1] != head_dim:
+        raise UnsupportedModelError(f"{type(module).__name__}: value head size differs from the query's")
+    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    softcap = kwargs.get("softcap", getattr(module, "attn_logit_softcapping", None))
+    options = dict(
+        scale=scaling if scaling is not None else head_dim**-0.5,
+        sliding_window=int(window) if window else None,
+        logit_softcap=float(softcap) if softcap else None,
+        causal=bool(kwargs.get("is_causal", getattr(module, "is_causal", True))) and meta.causal,
+    )
+    if ctx.kv_caches is None:
+        out = get_op("varlen_attention", q.device)(q, k.contiguous(), v.contiguous(), meta.query_start_loc, **options)
+    else:
+        kv_cache = ctx.kv_caches[_layer_index(module)]
+        get_op("write_kv", q.device)(k, v, kv_cache, meta.slot_mapping)
+        out = get_op("paged_attention", q.device)(
+            q.contiguous(), kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, **options
+        )
+    return out.reshape(1, -1, num_heads, head_dim), None  # (1, T, nh, hd)
+
+
+def _layer_index(module: nn.Module) -> int:
+    idx = getattr(module, "layer_idx", None)
+    if idx is None:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} does not say its layer index (layer_idx): llmctl cannot find its KV cache"
+        )
+    return int(idx)
+
+
+def register_attention() -> None:
+    """Register llmctl_attention in transformers' AttentionInterface (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, llmctl_attention)
+
+
+def transformers_class(architecture: str):
+    """The transformers class named `architecture`, or None when the installed transformers has none."""
+    transformers = importlib.import_module("transformers")
+    try:
+        return getattr(transformers, architecture)
+    except (AttributeError, ImportError):
+        return None
+
+
+def _text_config(config):
+    return getattr(config, "text_config", None) or config
+
+
+def kv_cache_shape(config) -> tuple[int, int, int]:
+    """(num_layers, num_kv_heads, head_dim) from the (text) config; head_dim keys win over hidden / heads."""
+    text = _text_config(config)
+    num_heads = text.num_attention_heads
+    num_kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    return text.num_hidden_layers, num_kv_heads, head_dim
+
+
+class TransformersForCausalLM(nn.Module):
+    """Any transformers causal LM whose attention goes through the AttentionInterface, on llmctl's engine.
+
+    The transformers model's children become this module's children, so parameter names are the
+    checkpoint's names. model(input_ids (T,), positions (T,), ctx) -> hidden (T, H) runs only the base
+    model; compute_logits(hidden (N, H)) -> (N, V) applies the output embedding and the config's final
+    logit soft-capping / logit scale where the family has them.
+    """
+
+    kv_cache_shape = staticmethod(kv_cache_shape)
+    is_transformers_backend = True
+    # transformers' modeling code may sync with the host inside a forward: decode steps run eagerly (padded).
+    supports_cuda_graphs = False
+
+    def __init__(self, config, trust_remote_code: bool = False):
+        super().__init__()
+        register_attention()
+        config = copy.deepcopy(config)  # transformers writes dtype and attn_implementation into its config
+        architecture = (getattr(config, "architectures", None) or [None])[0]
+        cls = transformers_class(architecture) if architecture else None
+        with _quiet_transformers():
+            if cls is not None:
+                hf = cls._from_config(config, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32)
+            else:  # remote code (trust_remote_code) or an architecture string transformers spells otherwise
+                from transformers import AutoModelForCausalLM
+
+                hf = AutoModelForCausalLM.from_config(
+                    config, attn_implementation=ATTN_IMPLEMENTATION, trust_remote_code=trust_remote_code,
+                    dtype=torch.float32,
+                )  # float32 while building: the loader gives the parameters the run dtype; buffers stay exact
+        if not getattr(hf, "_supports_attention_backend", False):
+            raise UnsupportedModelError(
+                f"transformers' {type(hf).__name__} does not route attention through its AttentionInterface, "
+                "so llmctl's paged attention cannot serve it"
+            )
+        self.config = hf.config
+        self.architecture = type(hf).__name__
+        self.base_model_prefix = hf.base_model_prefix
+        for name, child in hf.named_children():
+            self.add_module(name, child)
+        self._base_name = hf.base_model_prefix if hasattr(hf, hf.base_model_prefix) else None
+        self._head_name = next(
+            (name for name, child in hf.named_children() if child is hf.get_output_embeddings()), None
+        )
+        if self._base_name is None or self._head_name is None:
+            raise UnsupportedModelError(f"{type(hf).__name__} has no base model / output embedding llmctl can drive")
+        text = _text_config(self.config)
+        self.final_logit_softcap = getattr(text, "final_logit_softcapping", None)
+        self.logit_scale = getattr(text, "logit_scale", None)  # Cohere multiplies its logits
+        self.logits_scaling = getattr(text, "logits_scaling", None)  # Granite divides them
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        base = getattr(self, self._base_name)
+        token = _STEP.set(ctx)
+        try:
+            out = base(
+                input_ids=input_ids[None],  # (1, T): the packed batch as one row
+                position_ids=positions[None],
+                attention_mask=None,
+                use_cache=False,
+                return_dict=True,
+            )
+        finally:
+            _STEP.reset(token)
+        return out.last_hidden_state[0]  # (T, H)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = getattr(self, self._head_name)(hidden_states)  # (N, V)
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.logits_scaling is not None:
+            logits = logits / self.logits_scaling
+        if self.final_logit_softcap is not None:
+            logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap
+        return logits
+
+
+class TransformersRemoteForCausalLM(TransformersForCausalLM):
+    """The same, for a repo whose model code transformers imports from the repo (trust_remote_code=True)."""
+
+    def __init__(self, config):
+        super().__init__(config, trust_remote_code=True)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' init-time warnings (random-init notices) while the empty model is built."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
