@@ -235,9 +235,10 @@ class Sampler:
 
         params = [s.params for s in states]
         greedy = [p.is_greedy for p in params]
-        token_ids = torch.zeros(B, dtype=torch.long, device=device)
         if any(greedy):
             token_ids = x.argmax(dim=-1)
+        else:
+            token_ids = torch.zeros(B, dtype=torch.long, device=device)
         if not all(greedy):
             random_rows = [i for i, g in enumerate(greedy) if not g]
             sampled = self._sample_random(x[random_rows], [states[i] for i in random_rows])  # (R,)

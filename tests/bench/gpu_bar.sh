@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The four figures of issue #4's bar on one GPU, each beside transformers where the protocol has a transformers side.
-# Run from the repo root on a CUDA machine: bash tests/bench/gpu_bar.sh OUT_DIR [llama|qwen|offline|ttft ...]
+# Run from the repo root on a CUDA machine: bash tests/bench/gpu_bar.sh OUT_DIR [llama|qwen|offline|ttft|f32 ...]
+# One JSON file per part in OUT_DIR, progress of all parts in OUT_DIR/bench.log.
 set -u
 out=${1:?usage: gpu_bar.sh OUT_DIR [part ...]}
 shift
 parts=${*:-llama qwen ttft offline}
 mkdir -p "$out"
 cfg=tests/fixtures/bench_configs
-bench() { name=$1; shift; echo "== $name: llmctl bench $*"; timeout 300 llmctl bench "$@" --json >"$out/$name.json" 2>"$out/$name.log"; echo "rc=$?"; tail -2 "$out/$name.log"; }
+bench() {
+  name=$1; shift
+  echo "== $name: llmctl bench $*" | tee -a "$out/bench.log"
+  timeout 300 llmctl bench "$@" --json >"$out/$name.json" 2>>"$out/bench.log"
+  echo "rc=$?"
+}
 for part in $parts; do
   case $part in
     llama) bench llama-3-8b "$cfg/llama-3-8b" --random-weights --dtype bfloat16 --against transformers \
@@ -18,6 +24,8 @@ for part in $parts; do
             --input-len 2048 --output-len 2 --batch-size 1 --num-prompts 4 --repeats 5 ;;
     offline) bench llama-3-8b-offline "$cfg/llama-3-8b" --random-weights --dtype bfloat16 \
                --input-len 200 --output-len 180 --batch-size 64 --num-prompts 1000 --repeats 1 ;;
+    f32) bench qwen2.5-0.5b-float32 "$cfg/qwen2.5-0.5b" --random-weights --dtype float32 --against transformers \
+           --input-len 32 --output-len 17 --batch-size 2 --num-prompts 4 --repeats 1 ;;  # 16 greedy steps after the first
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done

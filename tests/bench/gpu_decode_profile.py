@@ -41,6 +41,29 @@ def decode_rate(llm: LLM, batch: int, input_len: int, output_len: int) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
+def profile_prefill(model: str, n: int, max_model_len: int, out: Path) -> None:
+    """Wall time of one n-token prefill (the time to first token) and a torch-profiler table of its kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    llm = LLM(model, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True, max_model_len=max_model_len)
+    vocab = llm.hf_config.vocab_size
+    prompt = {"prompt_token_ids": [(j * 104729) % vocab for j in range(n)]}
+    params = SamplingParams(temperature=0.0, max_tokens=1)
+    times = []
+    for _ in range(6):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        llm.generate([prompt], params, use_tqdm=False)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        llm.generate([prompt], params, use_tqdm=False)
+    table = p.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+    wall = sorted(times[1:])[len(times[1:]) // 2]
+    (out / f"prefill{n}_profile.txt").write_text(f"median wall {wall * 1e3:.2f} ms over 5 runs\n{table}")
+    print(f"prefill {n}: median {wall * 1e3:.2f} ms", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -49,10 +72,14 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--prefill", type=int, default=0, help="only profile one prefill of this many tokens")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"device": torch.cuda.get_device_name(), "model": args.model}
+    if args.prefill:
+        profile_prefill(args.model, args.prefill, args.max_model_len, out)
+        return
     for eager in (False, True):
         tag = "eager" if eager else "graphs"
         t0 = time.perf_counter()
