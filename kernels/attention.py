@@ -91,7 +91,8 @@ def _prefill_tile(
     return acc, l_i, m_new
 
 
-@triton.jit
+# Per-step sizes are not specialised on (== 1, divisible by 16): no recompiles in the middle of a run.
+@triton.jit(do_not_specialize=["num_seqs", "window", "stride_bt"])
 def _attn_prefill_kernel(
     # pointers
     q_ptr,

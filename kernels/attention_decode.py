@@ -23,7 +23,8 @@ def _active_splits(seq_len, window, num_splits, USE_WINDOW: tl.constexpr, BLOCK_
     return lo, tl.maximum(1, tl.minimum(num_splits, tl.cdiv(tiles, MIN_TILES)))
 
 
-@triton.jit
+# Per-step sizes are not specialised on (== 1, divisible by 16): no recompiles in the middle of a run.
+@triton.jit(do_not_specialize=["num_splits", "window", "stride_bt"])
 def _attn_decode_kernel(
     # pointers
     q_ptr,
@@ -140,7 +141,7 @@ def _attn_decode_kernel(
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "window"])
 def _attn_decode_reduce_kernel(
     # pointers
     part_o_ptr,

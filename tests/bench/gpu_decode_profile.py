@@ -58,6 +58,7 @@ def profile_prefill(model: str, n: int, max_model_len: int, out: Path) -> None:
         times.append(time.perf_counter() - t0)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
         llm.generate([prompt], params, use_tqdm=False)
+    p.export_chrome_trace(str(out / f"prefill{n}_trace.json"))
     table = p.key_averages().table(sort_by="cuda_time_total", row_limit=30)
     wall = sorted(times[1:])[len(times[1:]) // 2]
     (out / f"prefill{n}_profile.txt").write_text(f"median wall {wall * 1e3:.2f} ms over 5 runs\n{table}")
