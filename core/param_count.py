@@ -91,6 +91,9 @@ def _layout(spec: ModelSpec) -> _Layout:
         return _Layout(qkv_bias=bias, o_bias=bias, qk_norm=spec.head_dim)
     if fam == "gemma2":
         return _Layout(norms_per_layer=4)
+    if fam == "gemma3_text":  # Gemma 2's four norms per layer, plus q_norm / k_norm over head_dim
+        bias = bool(c.get("attention_bias", False))
+        return _Layout(qkv_bias=bias, o_bias=bias, norms_per_layer=4, qk_norm=spec.head_dim)
     if fam == "internlm":
         return _Layout(qkv_bias=bool(c.get("bias", True)), o_bias=bool(c.get("bias", True)))
     if fam == "internlm2":
@@ -151,6 +154,14 @@ def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int]:
     return total, (moe.num_experts - moe.experts_per_token) * expert
 
 
+def _tied(spec: ModelSpec) -> bool:
+    # Gemma3TextConfig ties by default: a gemma3_text config.json without the key has a tied head
+    keys = spec.text_config.keys() | spec.config.keys()
+    if spec.text_family == "gemma3_text" and "tie_word_embeddings" not in keys:
+        return True
+    return spec.tie_word_embeddings
+
+
 def _decoder(spec: ModelSpec) -> Counts:
     lay = _layout(spec)
     h, c, fam = spec.hidden_size, spec.text_config, spec.text_family
@@ -168,7 +179,7 @@ def _decoder(spec: ModelSpec) -> Counts:
     total += _norm(h, lay.norm_bias) if lay.final_norm else 0
     note = None
     if has_lm_head(spec):
-        if not spec.tie_word_embeddings:
+        if not _tied(spec):
             total += _linear(h, spec.vocab_size, lay.lm_head_bias)
         elif lay.lm_head_bias:
             total += spec.vocab_size
@@ -284,7 +295,7 @@ def _language_only(spec: ModelSpec) -> Counts:
 _SPECIAL: dict[str, Callable[[ModelSpec], Counts]] = {
     "opt": _opt, "bert": _bert, "xlm-roberta": _bert, "roberta": _bert, "bart": _bart, "mbart": _bart,
     "t5": _t5, "mt5": _t5, "umt5": _t5, "llava": _llava, "qwen2_vl": _qwen2_vl,
-    "internvl": _language_only, "phi3_v": _language_only, "qwen2_5_vl": _language_only,
+    "internvl": _language_only, "phi3_v": _language_only, "qwen2_5_vl": _language_only, "gemma3": _language_only,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from llmctl.core.engine.cuda_graph import DecodeRunner
@@ -35,6 +36,42 @@ class PackedBatch:
     attn_metadata: AttentionMetadata
 
 
+class _Staging:
+    """Integer step inputs to the device in one copy, through buffers kept from step to step.
+
+    On CUDA a pinned host buffer of int32 words and a device buffer of the same size (grown on demand; allocating
+    pinned memory for every step can cost milliseconds); int64 arrays take two words each. The returned tensors are
+    views into the device buffer, valid until the next send: every step ends with a sync (the sampled tokens), so a
+    step never overwrites what a running one reads. On the CPU each array becomes its own tensor.
+    """
+
+    def __init__(self, device: torch.device, packed: bool | None = None):
+        self.device = device
+        self.packed = device.type == "cuda" if packed is None else packed  # packed=True on a CPU: tests
+        self.host = torch.empty(0, dtype=torch.int32)
+        self.dev = self.host
+
+    def send(self, int64_arrays: list[np.ndarray], int32_arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        if not self.packed:
+            return [torch.from_numpy(a) for a in int64_arrays + int32_arrays]
+        words = sum(2 * a.size for a in int64_arrays) + sum(a.size for a in int32_arrays)
+        if words > self.host.numel():
+            capacity = 1 << max(12, (words - 1).bit_length())
+            self.host = torch.empty(capacity, dtype=torch.int32, pin_memory=self.device.type == "cuda")
+            self.dev = torch.empty(capacity, dtype=torch.int32, device=self.device)
+        host = self.host.numpy()
+        views = []
+        offset = 0
+        for a, dtype in [(a, torch.int64) for a in int64_arrays] + [(a, torch.int32) for a in int32_arrays]:
+            width = a.size * (2 if dtype == torch.int64 else 1)
+            dest = host[offset : offset + width]
+            (dest.view(np.int64) if dtype == torch.int64 else dest)[:] = a.reshape(-1)
+            views.append((offset, width, dtype, a.shape))
+            offset += width
+        self.dev[:offset].copy_(self.host[:offset], non_blocking=True)
+        return [self.dev[o : o + w].view(dtype).view(shape) for o, w, dtype, shape in views]
+
+
 class ModelRunner:
     """Owns the model and its KV cache; device-agnostic (plain torch on CPU and CUDA alike).
 
@@ -60,7 +97,7 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = torch.device(device)
-        self._pin = self.device.type == "cuda"
+        self._staging = _Staging(self.device)
         if padded_decode is None:
             padded_decode = self.device.type == "cuda"
         self.decode: DecodeRunner | None = None
@@ -77,44 +114,45 @@ class ModelRunner:
         self.cuda_graph_capture_seconds = self.decode.capture()
         return self.cuda_graph_capture_seconds
 
-    def _to_device(self, data: list, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.tensor(data, dtype=dtype, pin_memory=self._pin)
-        return t.to(self.device, non_blocking=True)
-
     def prepare(self, scheduled: list[tuple[Sequence, int]]) -> PackedBatch:
         """Pack the new tokens of every scheduled sequence, with no padding, and their cache slots."""
         bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        tables: list[list[int]] = []
-        for seq, n in scheduled:
+        num_tokens = sum(n for _, n in scheduled)
+        input_ids = np.empty(num_tokens, dtype=np.int64)
+        positions = np.empty(num_tokens, dtype=np.int64)
+        slots = np.empty(num_tokens, dtype=np.int64)
+        query_start_loc = np.zeros(len(scheduled) + 1, dtype=np.int32)
+        seq_lens = np.empty(len(scheduled), dtype=np.int32)
+        tables = np.zeros((len(scheduled), max(len(seq.block_table) for seq, _ in scheduled)), dtype=np.int32)
+        offset = 0
+        for i, (seq, n) in enumerate(scheduled):
             start = seq.num_computed_tokens
             end = start + n
-            input_ids.extend(seq.token_ids(start, end))
-            positions.extend(range(start, end))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            query_start_loc.append(query_start_loc[-1] + n)
-            seq_lens.append(end)
-            tables.append(table)
-        width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
+            tables[i, : len(table)] = table
+            input_ids[offset : offset + n] = seq.token_ids(start, end)
+            if n == 1:  # decode rows: plain ints beat numpy's per-call cost
+                positions[offset] = start
+                slots[offset] = table[start // bs] * bs + start % bs
+            else:
+                pos = np.arange(start, end)
+                positions[offset : offset + n] = pos
+                slots[offset : offset + n] = tables[i, pos // bs].astype(np.int64) * bs + pos % bs
+            offset += n
+            query_start_loc[i + 1] = offset
+            seq_lens[i] = end
+        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t = self._staging.send(
+            [input_ids, positions, slots], [query_start_loc, seq_lens, tables]
+        )
         meta = AttentionMetadata(
-            query_start_loc=self._to_device(query_start_loc, torch.int32),
-            seq_lens=self._to_device(seq_lens, torch.int32),
-            slot_mapping=self._to_device(slots, torch.int64),
-            block_tables=self._to_device(padded, torch.int32),  # (B, max_blocks)
+            query_start_loc=qsl_t,
+            seq_lens=lens_t,
+            slot_mapping=slots_t,
+            block_tables=tables_t,  # (B, max_blocks)
             max_query_len=max(n for _, n in scheduled),
-            max_seq_len=max(seq_lens),
+            max_seq_len=int(seq_lens.max()),
         )
-        return PackedBatch(
-            input_ids=self._to_device(input_ids, torch.int64),
-            positions=self._to_device(positions, torch.int64),
-            attn_metadata=meta,
-        )
+        return PackedBatch(input_ids=ids_t, positions=pos_t, attn_metadata=meta)
 
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> StepOutput:

@@ -91,3 +91,22 @@ def test_cuda_graphs_match_eager(tiny_llama_dir, dtype):
         ]
     del graphs, eager
     torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_staging_packs_step_inputs_into_one_buffer(device):
+    """The packed batch's integer inputs travel in one buffer: every view reads back what was sent."""
+    import numpy as np
+
+    from llmctl.core.engine.runner import _Staging
+
+    staging = _Staging(torch.device(device), packed=True)
+    rng = np.random.default_rng(0)
+    for size in (3, 5000, 7):  # grows once, then reuses the larger buffers
+        a64 = [rng.integers(-(2**40), 2**40, size), rng.integers(0, 9, size)]
+        a32 = [rng.integers(-100, 100, size + 1).astype(np.int32), rng.integers(0, 50, (2, size)).astype(np.int32)]
+        got = staging.send(a64, a32)
+        for g, want, dtype in zip(got, a64 + a32, [torch.int64] * 2 + [torch.int32] * 2):
+            assert g.dtype == dtype and tuple(g.shape) == want.shape and g.device.type == device
+            assert g.cpu().numpy().tolist() == want.tolist()
+    assert staging.host.numel() >= 2 * 2 * 5000 + 5001 + 10000

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,11 @@ from safetensors.torch import load_file, save_file
 from llmctl.core.engine.loader import build_model, iter_checkpoint, iter_safetensors, iter_torch_bin, load_weights
 from llmctl.core.errors import ModelReadError, WeightLoadError
 from llmctl.model_defs import llama
-from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
+
+# --import-mode=importlib and no __init__.py: the harness is loaded by path.
+_spec = importlib.util.spec_from_file_location("harness", Path(__file__).with_name("harness.py"))
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
 
 
 def _config(path):
@@ -28,23 +34,9 @@ def _build(config, weights, dtype=torch.float32):
     return build_model(config, getattr(llama, config.architectures[0]), dtype, "cpu", weights)
 
 
-def _one_shot_logits(model, ids: list[int]) -> torch.Tensor:
-    n = len(ids)
-    meta = AttentionMetadata(
-        query_start_loc=torch.tensor([0, n], dtype=torch.int32),
-        seq_lens=torch.tensor([n], dtype=torch.int32),
-        slot_mapping=torch.arange(n),
-        block_tables=torch.zeros(1, 1, dtype=torch.int32),
-        max_query_len=n,
-        max_seq_len=n,
-    )
-    with torch.inference_mode():
-        return model.compute_logits(model(torch.tensor(ids), torch.arange(n), ForwardContext(meta)))
-
-
 @pytest.fixture(scope="module")
-def _tiny(checkpoint):
-    path = checkpoint("llama3")
+def _tiny(bench):
+    path = bench.checkpoint("llama3")
     return path, _config(path), _state(path)
 
 
@@ -114,8 +106,8 @@ def test_misshapen_tensor_is_named(tiny):
         _build(config, state.items())
 
 
-def test_rotary_inv_freq_and_tied_lm_head_copy_are_accepted(checkpoint):
-    path = checkpoint("llama_tied")
+def test_rotary_inv_freq_and_tied_lm_head_copy_are_accepted(bench):
+    path = bench.checkpoint("llama_tied")
     config = _config(path)
     state = _state(path)
     assert "lm_head.weight" not in state  # transformers saves a tied head once
@@ -151,7 +143,8 @@ def test_torch_bin_loads_through_weights_only(tiny, tmp_path):
     assert dict(iter_checkpoint(tmp_path)).keys() == state.keys()  # no safetensors: falls back to .bin
     via_bin = _build(config, iter_torch_bin(tmp_path))
     via_st = _build(config, iter_safetensors(path))
-    torch.testing.assert_close(_one_shot_logits(via_bin, [1, 2, 3]), _one_shot_logits(via_st, [1, 2, 3]))
+    prompt = [1, 2, 3]
+    torch.testing.assert_close(harness.one_shot_logits(via_bin, prompt), harness.one_shot_logits(via_st, prompt))
 
 
 class _NotATensor:
@@ -181,7 +174,7 @@ def test_dummy_load_needs_no_checkpoint(tiny):
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in params.values())
     assert torch.equal(params["model.norm.weight"], torch.ones_like(params["model.norm.weight"]))
     assert params["model.layers.0.self_attn.qkv_proj.weight"].std() > 0
-    logits = _one_shot_logits(model, [5, 6, 7, 8])
+    logits = harness.one_shot_logits(model, [5, 6, 7, 8])
     assert logits.shape == (4, config.vocab_size) and torch.isfinite(logits).all()
 
 
