@@ -37,6 +37,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                    num_attention_heads=8, num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh",
                    max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=10000.0, sliding_window=4096),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
+                        tie_word_embeddings=True, rope_theta=1000000.0, sliding_window=4096),
     "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                         num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048,
                         tie_word_embeddings=False, first_k_dense_replace=0, kv_lora_rank=512, q_lora_rank=1536,
@@ -119,7 +123,7 @@ INFERABLE_ARCHITECTURES = {
 }
 
 _RMS_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
-                 "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "baichuan", "internlm", "internlm2", "t5",
+                 "gemma3_text", "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "baichuan", "internlm", "internlm2", "t5",
                  "yi", "llava", "qwen2_vl", "internvl", "phi3_v"}
 _LEARNED_POSITIONS = {"gpt2", "opt", "bert", "xlm-roberta", "roberta", "bart", "mpnet", "distilbert", "electra"}
 

@@ -84,3 +84,21 @@ def test_multimodal_gemma3_counts_the_language_model_only():
               "vision_config": {"model_type": "siglip_vision_model"}}
     count = parameter_count(spec_from_config(config))
     assert count.total == GEMMA3_1B_PUBLISHED and "language model only" in count.note
+
+
+def test_gemma3_text_defaults_in_inspect_arch(tmp_path):
+    """A gemma3_text config.json that omits the keys Gemma3TextConfig defaults (tied embeddings, head_dim 256)."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 1152,
+        "intermediate_size": 6912, "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1,
+        "vocab_size": 262144,
+    }))  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "llmctl", "inspect-arch", str(tmp_path), "--json"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    data = json.loads(out.stdout)
+    text = json.dumps(data)
+    assert '"tie_word_embeddings": true' in text and '"head_dim": 256' in text and "RMSNorm" in text
