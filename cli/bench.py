@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli.options import DeviceOpt, DtypeOpt, JsonOpt, MaxModelLenOpt, ModelArg
+from llmctl.cli.options import DeviceOpt, DtypeOpt, EnforceEagerOpt, JsonOpt, MaxModelLenOpt, ModelArg
 from llmctl.cli.output import Output
 
 
@@ -28,7 +28,7 @@ def bench(
     against: Annotated[Optional[Against], typer.Option("--against", help="Also run this implementation on the same weights.", show_default=False)] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Time-to-first-token runs (the median is reported).")] = 5,
     json_output: JsonOpt = False,
-    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
+    enforce_eager: EnforceEagerOpt = False,
     max_model_len: MaxModelLenOpt = None,
     min_len: Annotated[int, typer.Option("--min-len", min=1, help="Embedding models: shortest input in tokens.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=1, help="Embedding models: longest input in tokens (clipped to the model's positions).")] = 512,

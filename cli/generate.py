@@ -12,6 +12,7 @@ from llmctl.cli.generate_input import PromptItem, read_prompts
 from llmctl.cli.options import (
     DeviceOpt,
     DtypeOpt,
+    EnforceEagerOpt,
     JsonOpt,
     MaxModelLenOpt,
     ModelImpl,
@@ -59,6 +60,7 @@ def generate(
     max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", min=1, help="Most sequences decoded together.")] = 256,
     trust_remote_code: TrustRemoteCodeOpt = False,
     model_impl: ModelImplOpt = ModelImpl.auto,
+    enforce_eager: EnforceEagerOpt = False,
     revision: RevisionOpt = None,
     source: SourceOpt = None,
 ) -> None:
@@ -84,7 +86,7 @@ def generate(
     llm = _load(
         model or settings.default_model, settings, dtype=dtype or settings.dtype, device=device or settings.device,
         max_model_len=max_model_len, max_num_seqs=max_num_seqs, trust_remote_code=trust_remote_code,
-        model_impl=model_impl.value, revision=revision, source=source_value(source),
+        model_impl=model_impl.value, enforce_eager=enforce_eager, revision=revision, source=source_value(source),
     )
     use_chat = _chat_mode(chat, llm, items)
     requests = [_request(item, llm, use_chat, system) for item in items]

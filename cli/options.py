@@ -68,6 +68,11 @@ ModelImplOpt = Annotated[
     typer.Option("--model-impl", help="native: llmctl's own model definition; transformers: the transformers "
                  "backend inside llmctl's engine; auto: native when there is one, else transformers."),
 ]
+EnforceEagerOpt = Annotated[
+    bool,
+    typer.Option("--enforce-eager", help="Run decode steps eagerly instead of replaying CUDA graphs (same tokens; "
+                 "skips the start-up capture)."),
+]
 MaxModelLenOpt = Annotated[
     Optional[int], typer.Option("--max-model-len", help="Context length to plan for (default: the model's).",
                                 show_default=False, min=1)

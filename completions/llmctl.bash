@@ -92,7 +92,7 @@ _llmctl() {
                 --revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --source) COMPREPLY=($(compgen -W "hf modelscope" -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--prompt -p --file -f --model -m --chat --no-chat --system --max-tokens --min-tokens --temperature -t --top-p --top-k --min-p --repetition-penalty --presence-penalty --frequency-penalty --stop --stop-token-id --ignore-eos --include-stop-str-in-output --skip-special-tokens --keep-special-tokens --logprobs --prompt-logprobs --seed --json --stream --no-stream --dtype --device --max-model-len --max-num-seqs --trust-remote-code --model-impl --revision --source --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--prompt -p --file -f --model -m --chat --no-chat --system --max-tokens --min-tokens --temperature -t --top-p --top-k --min-p --repetition-penalty --presence-penalty --frequency-penalty --stop --stop-token-id --ignore-eos --include-stop-str-in-output --skip-special-tokens --keep-special-tokens --logprobs --prompt-logprobs --seed --json --stream --no-stream --dtype --device --max-model-len --max-num-seqs --trust-remote-code --model-impl --enforce-eager --revision --source --help -h" -- "$cur"))
             ;;
         "inspect-arch")
             case "$prev" in

@@ -124,3 +124,24 @@ def test_closed_pipe_ends_quietly(tmp_path):
                           text=True, env=env, timeout=300)
     assert len(proc.stdout.splitlines()) == 1
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_enforce_eager_reaches_the_engine(run_cli, monkeypatch):
+    """--enforce-eager is handed to LLM (on a CPU nothing is captured either way: same text)."""
+    from llmctl.core.engine import llm as llm_module
+
+    seen = []
+    real = llm_module.LLM
+
+    class Recording(real):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("enforce_eager"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(llm_module, "LLM", Recording)
+    texts = []
+    for flag in (["--enforce-eager"], []):
+        result = run_cli("generate", "--prompt", "The capital of France is", "--no-chat", *flag, *FAST)
+        assert result.exit_code == 0, result.stderr
+        texts.append(result.stdout)
+    assert seen == [True, False] and texts[0] == texts[1]
