@@ -110,22 +110,26 @@ def _table(data: dict[str, Any], rows):
     return table
 
 
+def _header(console, data: dict[str, Any], kind: str, protocol: str) -> None:
+    """Two lines: what ran where, then the protocol and the versions."""
+    console.print(
+        f"[bold]{data['model']}[/bold] ({data['weights']} weights{kind}) on {data['device']} "
+        f"({data['device_name']}), {data['dtype']}",
+        highlight=False,
+    )
+    console.print(
+        f"{protocol}; torch {data['torch_version']}, transformers {data['transformers_version']}, {data['date']}",
+        highlight=False,
+    )
+
+
 def render(console, data: dict[str, Any]) -> None:
     if data.get("task") == "embed":
         render_embed(console, data)
         return
     s = data["settings"]
-    console.print(
-        f"[bold]{data['model']}[/bold] ({data['weights']} weights) on {data['device']} "
-        f"({data['device_name']}), {data['dtype']}",
-        highlight=False,
-    )
-    console.print(
-        f"input {s['input_len']} / output {s['output_len']} tokens, batch {s['batch_size']}, "
-        f"offline {s['num_prompts']} prompts; torch {data['torch_version']}, "
-        f"transformers {data['transformers_version']}, {data['date']}",
-        highlight=False,
-    )
+    _header(console, data, "", f"input {s['input_len']} / output {s['output_len']} tokens, batch {s['batch_size']}, "
+            f"offline {s['num_prompts']} prompts")
     console.print(_table(data, _ROWS))
     if data.get("greedy_tokens_matching") is not None:
         console.print(
@@ -136,17 +140,8 @@ def render(console, data: dict[str, Any]) -> None:
 
 def render_embed(console, data: dict[str, Any]) -> None:
     s = data["settings"]
-    console.print(
-        f"[bold]{data['model']}[/bold] ({data['weights']} weights, embeddings) on {data['device']} "
-        f"({data['device_name']}), {data['dtype']}",
-        highlight=False,
-    )
-    console.print(
-        f"{s['num_prompts']} inputs of {s['min_len']}-{s['max_len']} tokens, batch {s['batch_size']}, "
-        f"{s['pooling']} pooling{', normalised' if s['normalize'] else ''}; torch {data['torch_version']}, "
-        f"transformers {data['transformers_version']}, {data['date']}",
-        highlight=False,
-    )
+    _header(console, data, ", embeddings", f"{s['num_prompts']} inputs of {s['min_len']}-{s['max_len']} tokens, "
+            f"batch {s['batch_size']}, {s['pooling']} pooling{', normalised' if s['normalize'] else ''}")
     console.print(_table(data, _EMBED_ROWS))
     cos = data.get("cosine_similarity")
     if cos is not None:

@@ -15,6 +15,8 @@ import torch
 _OPS: dict[str, tuple[str, str, str | None]] = {
     "rms_norm": ("rmsnorm", "rms_norm_ref", "rms_norm"),
     "fused_add_rms_norm": ("rmsnorm", "fused_add_rms_norm_ref", "fused_add_rms_norm"),
+    "gemma_rms_norm": ("rmsnorm", "gemma_rms_norm_ref", "gemma_rms_norm"),
+    "gemma_fused_add_rms_norm": ("rmsnorm", "gemma_fused_add_rms_norm_ref", "gemma_fused_add_rms_norm"),
     "silu_and_mul": ("activation", "silu_and_mul_ref", "silu_and_mul"),
     "gelu_tanh_and_mul": ("activation", "gelu_tanh_and_mul_ref", "gelu_tanh_and_mul"),
     "apply_rotary": ("rotary", "apply_rotary_ref", "apply_rotary"),

@@ -66,3 +66,33 @@ def test_fused_add_rms_norm_mixed_dtypes_and_strides(device):
 def test_rms_norm_rejects_mismatched_weight(device):
     with pytest.raises(ValueError, match="weight"):
         rms_norm(torch.randn(2, 64, device=device), torch.ones(32, device=device), 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gemma_rms_norm_matches_reference(device, shape, dtype):
+    """Gemma's variant: (1 + weight) in float32, one rounding at the end; output in x's dtype."""
+    from llmctl.kernels.rmsnorm import gemma_rms_norm, gemma_rms_norm_ref
+
+    x = torch.randn(shape, device=device).to(dtype) * 3
+    weight = (torch.randn(shape[-1], device=device) * 0.5).to(dtype)
+    expected = gemma_rms_norm_ref(x, weight, 1e-6)
+    got = gemma_rms_norm(x, weight, 1e-6)
+    assert got.dtype == x.dtype == expected.dtype and got.shape == expected.shape
+    assert_close(got, expected, **TOL[dtype])
+    # the two variants really differ: Llama's norm of the same input is not Gemma's
+    assert not torch.allclose(rms_norm_ref(x, weight, 1e-6).float(), expected.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64), (33, 96), (7, 3072)])
+def test_gemma_fused_add_rms_norm_matches_reference(device, shape, dtype):
+    from llmctl.kernels.rmsnorm import gemma_fused_add_rms_norm, gemma_fused_add_rms_norm_ref
+
+    x = torch.randn(shape, device=device).to(dtype)
+    residual = torch.randn(shape, device=device).to(dtype)
+    weight = (torch.randn(shape[-1], device=device) * 0.5).to(dtype)
+    expected_out, expected_res = gemma_fused_add_rms_norm_ref(x, residual, weight, 1e-6)
+    out, new_res = gemma_fused_add_rms_norm(x.clone(), residual.clone(), weight, 1e-6)
+    assert_close(new_res, expected_res, **_residual_tol(device, dtype))
+    assert_close(out, expected_out, **TOL[dtype])
