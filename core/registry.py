@@ -103,7 +103,7 @@ REGISTRY: dict[str, ArchInfo] = {row.architecture: row for row in _ROWS}
 
 # Architectures run through the transformers backend, at the level its tests show (the same LEVELS);
 # tests/models/test_transformers_backend.py lists the strict ones in CONSISTENCY_ARCHITECTURES.
-TRANSFORMERS_VERIFIED: dict[str, str] = {"Starcoder2ForCausalLM": "strict"}
+TRANSFORMERS_VERIFIED: dict[str, str] = {"Starcoder2ForCausalLM": "strict", "MixtralForCausalLM": "strict"}
 
 
 def all_architectures() -> list[ArchInfo]:
@@ -189,13 +189,6 @@ def _modeling_source(architecture: str, model_type: str | None) -> str:
     return ""
 
 
-def _renames_checkpoint(model_type: str) -> bool:
-    """Whether transformers' conversion_mapping.py converts this model_type's checkpoint tensors on load."""
-    models = _transformers_models_dir()
-    text = _read(models.parent / "conversion_mapping.py") if models is not None else ""
-    return any(key in text for key in (f'"{model_type}": [', f'"{model_type}": "', f'mapping["{model_type}"]'))
-
-
 def transformers_backend_blocker(architecture: str, model_type: str | None = None) -> str | None:
     """Why the transformers backend cannot run `architecture`, or None when it can (source text only, no import).
 
@@ -208,12 +201,6 @@ def transformers_backend_blocker(architecture: str, model_type: str | None = Non
         if transformers_has(architecture):
             return f"transformers has {architecture}, but not as a text-generation (causal LM) model"
         return f"the installed transformers has no class {architecture}"
-    if model_type and _renames_checkpoint(model_type):
-        return (
-            f"transformers converts {model_type} checkpoint tensors while loading them (renamed or fused, as MoE "
-            "experts are); llmctl's loader reads checkpoint names as they are and cannot load it through "
-            "transformers yet"
-        )
     source = _modeling_source(architecture, model_type)
     if "_supports_attention_backend = True" not in source:
         return (

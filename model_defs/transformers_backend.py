@@ -131,14 +131,16 @@ class TransformersForCausalLM(nn.Module):
     # transformers' modeling code may sync with the host inside a forward: decode steps run eagerly (padded).
     supports_cuda_graphs = False
 
-    def __init__(self, config, trust_remote_code: bool = False):
+    def __init__(self, config, trust_remote_code: bool = False, hf_model=None):
         super().__init__()
         register_attention()
         config = copy.deepcopy(config)  # transformers writes dtype and attn_implementation into its config
         architecture = (getattr(config, "architectures", None) or [None])[0]
         cls = transformers_class(architecture) if architecture else None
         with _quiet_transformers():
-            if cls is not None:
+            if hf_model is not None:  # from_checkpoint: transformers built and loaded it
+                hf = hf_model
+            elif cls is not None:
                 hf = cls._from_config(config, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32)
             else:  # remote code (trust_remote_code) or an architecture string transformers spells otherwise
                 from transformers import AutoModelForCausalLM
@@ -167,6 +169,32 @@ class TransformersForCausalLM(nn.Module):
         self.final_logit_softcap = getattr(text, "final_logit_softcapping", None)
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere multiplies its logits
         self.logits_scaling = getattr(text, "logits_scaling", None)  # Granite divides them
+
+    @classmethod
+    def from_checkpoint(cls, path, config, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+        """Build and load the model with transformers' own from_pretrained (a folder or a .gguf file).
+
+        transformers then applies its checkpoint conversions itself (MoE experts fused, tensors renamed in
+        transformers 5), reads safetensors or weights-only pickles, and dequantises GGUF files.
+        """
+        from pathlib import Path
+
+        from transformers import AutoModelForCausalLM
+
+        register_attention()
+        path = Path(path)
+        architecture = (getattr(config, "architectures", None) or [None])[0]
+        auto = (transformers_class(architecture) if architecture and not trust_remote_code else None)
+        auto = auto or AutoModelForCausalLM
+        kw = dict(attn_implementation=ATTN_IMPLEMENTATION, dtype=dtype, trust_remote_code=trust_remote_code)
+        if not path.is_file():
+            kw["config"] = copy.deepcopy(config)
+        with _quiet_transformers():
+            if path.is_file():  # GGUF: transformers dequantises it on the CPU
+                hf = auto.from_pretrained(str(path.parent), gguf_file=path.name, **kw)
+            else:
+                hf = auto.from_pretrained(str(path), **kw)
+        return cls(hf.config, trust_remote_code, hf_model=hf.to(device).eval())
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         base = getattr(self, self._base_name)
@@ -197,8 +225,8 @@ class TransformersForCausalLM(nn.Module):
 class TransformersRemoteForCausalLM(TransformersForCausalLM):
     """The same, for a repo whose model code transformers imports from the repo (trust_remote_code=True)."""
 
-    def __init__(self, config):
-        super().__init__(config, trust_remote_code=True)
+    def __init__(self, config, trust_remote_code: bool = True, hf_model=None):
+        super().__init__(config, trust_remote_code=True, hf_model=hf_model)
 
 
 @contextlib.contextmanager

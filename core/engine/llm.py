@@ -244,7 +244,13 @@ class LLM:
         from llmctl.core.engine.loader import build_model
 
         t0 = time.perf_counter()
-        net = build_model(self.hf_config, model_cls, self.dtype, self.device, _weights(path, load_format, self.dtype))
+        if getattr(model_cls, "is_transformers_backend", False) and load_format != "dummy":
+            # transformers loads its own model: its checkpoint conversions (MoE experts, renames) apply.
+            net = model_cls.from_checkpoint(path, self.hf_config, self.dtype, self.device,
+                                            trust_remote_code=trust_remote_code)
+        else:
+            net = build_model(self.hf_config, model_cls, self.dtype, self.device,
+                              _weights(path, load_format, self.dtype))
         self.load_seconds = time.perf_counter() - t0
         eos = eos_token_ids(self.tokenizer, self.hf_config, _generation_config(path))
         self.llm_engine = LLMEngine(

@@ -33,13 +33,23 @@ def test_memory_fit(run_cli, llama_dir):
 
 
 def test_planned_architecture_is_not_supported(run_cli, tmp_path, model_writer, llama_config):
-    cfg = {**llama_config, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
-           "num_local_experts": 4, "num_experts_per_tok": 2}
+    # On the list, no native def, and not a causal LM transformers' backend could run: unsupported, with reasons.
+    cfg = {**llama_config, "architectures": ["BartForConditionalGeneration"], "model_type": "bart",
+           "d_model": 64, "encoder_layers": 2, "decoder_layers": 2}
     result = run_cli("check", model_writer(tmp_path / "g", cfg), "--json")
     assert result.exit_code == 1
     data = result.json()
     assert data["supported"] is False and data["implementation"] == "none"
     assert any("not built yet" in r for r in data["reasons"])
+
+
+def test_planned_moe_architecture_runs_through_transformers(run_cli, tmp_path, model_writer, llama_config):
+    cfg = {**llama_config, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+           "num_local_experts": 4, "num_experts_per_tok": 2}
+    result = run_cli("check", model_writer(tmp_path / "m", cfg), "--json")
+    assert result.exit_code == 0
+    data = result.json()
+    assert data["supported"] is True and data["implementation"] == "transformers" and data["note"]
 
 
 def test_unknown_architecture_suggests_nearest(run_cli, tmp_path, model_writer, llama_config):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 # Run strictly through the backend (no native def): greedy tokens match transformers by the top-5 rule.
-CONSISTENCY_ARCHITECTURES = ["Starcoder2ForCausalLM"]
+CONSISTENCY_ARCHITECTURES = ["Starcoder2ForCausalLM", "MixtralForCausalLM"]
 
 # Mixed lengths, one of a single token, the longest well past the sliding window (4).
 PROMPTS = [[5, 9, 17, 33, 2, 64, 7, 100, 11, 3, 81, 26, 40], [42], [8, 8, 8, 90, 15, 77], [120, 1, 60]]
@@ -84,6 +84,28 @@ def test_auto_falls_back_to_transformers_and_matches_hf(starcoder2):
     assert llm.model_impl == "transformers"
     assert type(llm.llm_engine.runner.model).__name__ == "TransformersForCausalLM"
     _check_against_hf(hf, results)
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    # A sparse MoE (4 experts, top-2) whose checkpoint transformers 5 converts on load (experts fused).
+    return _save("mixtral", tmp_path_factory.mktemp("mixtral"), num_local_experts=4, num_experts_per_tok=2,
+                 sliding_window=None)
+
+
+def test_moe_checkpoint_loads_through_transformers_and_matches_hf(mixtral):
+    from safetensors import safe_open
+
+    folder, hf = mixtral
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:  # hub layout on disk: one tensor per expert
+        names = list(f.keys())
+    assert any(".experts.3." in n for n in names), names[:8]
+    llm, results = _generate(folder, model_impl="auto")
+    assert llm.model_impl == "transformers"
+    _check_against_hf(hf, results)
+    ours = dict(llm.llm_engine.runner.model.named_parameters())
+    for name, param in hf.named_parameters():  # every converted tensor arrived, value for value
+        assert torch.equal(ours[name].detach(), param.detach()), name
 
 
 def test_prefill_logits_match_hf_and_no_mask_is_built(starcoder2, monkeypatch):
@@ -170,8 +192,8 @@ def test_model_impl_choice():
     assert implementation_for("Starcoder2ForCausalLM", model_type="starcoder2") == "transformers"
     with pytest.raises(UnsupportedModelError):  # transformers' StableLm does not use the attention interface
         implementation_for("StableLmForCausalLM", model_type="stablelm")
-    with pytest.raises(UnsupportedModelError):  # transformers fuses Mixtral's experts on load; our loader does not
-        implementation_for("MixtralForCausalLM", model_type="mixtral")
+    # transformers fuses Mixtral's experts on load: the backend loads through from_pretrained, so that applies
+    assert implementation_for("MixtralForCausalLM", model_type="mixtral") == "transformers"
     with pytest.raises(UnsupportedModelError) as info:  # unknown everywhere: the registry's error
         implementation_for("NoSuchModelForCausalLM", model_type="nosuch")
     assert "native today" in (info.value.hint or "")
