@@ -339,7 +339,7 @@ def environment(cfg: BenchConfig, path: Path, device, dtype, task: str) -> dict[
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the protocol and return one JSON-ready dict (see PROTOCOL, or EMBED_PROTOCOL for embedding models;
     cli/bench.py renders it)."""
-    from llmctl.core.engine.llm import load_hf_config, resolve_device, resolve_dtype, resolve_model_path
+    from llmctl.core.engine.model_source import load_hf_config, resolve_device, resolve_dtype, resolve_model_path
     from llmctl.core.engine.tokenizer import is_gguf
 
     log = log or (lambda _msg: None)

@@ -242,7 +242,7 @@ def test_bad_options(tiny_llama_dir):
 def test_dtype_auto_is_float32_on_cpu_for_half_checkpoints():
     from transformers import LlamaConfig
 
-    from llmctl.core.engine.llm import resolve_dtype
+    from llmctl.core.engine.model_source import resolve_dtype
 
     cfg = LlamaConfig(torch_dtype="bfloat16")
     assert resolve_dtype("auto", cfg, torch.device("cpu")) == torch.float32

@@ -113,7 +113,7 @@ def test_prefill_logits_match_hf_and_no_mask_is_built(starcoder2, monkeypatch):
     from transformers import AttentionInterface
 
     from llmctl.core.engine.kv_cache import kv_cache_spec
-    from llmctl.core.engine.llm import load_hf_config
+    from llmctl.core.engine.model_source import load_hf_config
     from llmctl.core.engine.loader import build_model, iter_safetensors
     from llmctl.model_defs import transformers_backend as tb
     from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
