@@ -12,7 +12,7 @@ from torch import nn
 
 from llmctl.core.engine.embedding_config import POOLING_TYPES, EmbeddingConfig
 from llmctl.core.engine.pooling import finish, pool
-from llmctl.core.errors import ModelReadError, UnsupportedModelError, UsageError
+from llmctl.core.errors import UsageError
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
 DEFAULT_BATCH_SIZE = 64
@@ -221,17 +221,9 @@ def build_embedder(
     from llmctl.core import registry
     from llmctl.core.engine.embedding_config import read_embedding_config
     from llmctl.core.engine.loader import build_model
+    from llmctl.core.engine.model_source import model_class
 
-    architectures = getattr(hf_config, "architectures", None)
-    if not architectures:
-        raise ModelReadError("config.json has no 'architectures' entry: cannot tell which model to build")
-    row = registry.get_arch(architectures[0])
-    if registry.EMBED not in row.tasks:
-        raise UnsupportedModelError(
-            f"{row.architecture} is not an embedding model (tasks: {', '.join(row.tasks)})",
-            hint="use task='generate' / `llmctl generate` for text-generation models",
-        )
-    model_cls = registry.load_model_class(row)
+    model_cls = model_class(getattr(hf_config, "architectures", None), registry.EMBED)
     max_positions = model_cls.max_positions(hf_config)
     config = read_embedding_config(
         path if path.is_dir() else path.parent,

@@ -23,17 +23,23 @@ def resolve_model_path(model: str | Path, revision: str | None = None) -> Path:
     return Path(resolve_model(str(model), revision=revision).materialize())
 
 
-def model_class(architectures: list[str] | None) -> type[torch.nn.Module]:
-    """The model_def class the registry names for an HF `architectures` list."""
+_TASK_WORDS = {  # task -> (what the model must be, where to go instead)
+    "generate": ("a text-generation", "use task='embed' / `llmctl embed` for embedding models"),
+    "embed": ("an embedding", "use task='generate' / `llmctl generate` for text-generation models"),
+}
+
+
+def model_class(architectures: list[str] | None, task: str = "generate") -> type[torch.nn.Module]:
+    """The model_def class the registry names for an HF `architectures` list, for `task` (generate | embed)."""
     from llmctl.core import registry
 
     if not architectures:
         raise ModelReadError("config.json has no 'architectures' entry: cannot tell which model to build")
     row = registry.get_arch(architectures[0])
-    if registry.GENERATE not in row.tasks:
+    if task not in row.tasks:
+        what, hint = _TASK_WORDS[task]
         raise UnsupportedModelError(
-            f"{row.architecture} is not a text-generation model (tasks: {', '.join(row.tasks)})",
-            hint="use task='embed' / `llmctl embed` for embedding models",
+            f"{row.architecture} is not {what} model (tasks: {', '.join(row.tasks)})", hint=hint
         )
     return registry.load_model_class(row)
 
