@@ -82,7 +82,7 @@ complete -c llmctl -n '__fish_seen_subcommand_from generate' -l stream -l no-str
 complete -c llmctl -n '__fish_seen_subcommand_from generate' -l dtype -r -d 'auto, float32, bfloat16 or float16 (default: config, else auto).'
 complete -c llmctl -n '__fish_seen_subcommand_from generate' -l device -r -d 'auto, cpu or cuda[:N] (default: config, else auto).'
 complete -c llmctl -n '__fish_seen_subcommand_from generate' -l max-model-len -r -d 'Context length to plan for (default: the models).'
-complete -c llmctl -n '__fish_seen_subcommand_from generate' -l max-num-seqs -r -d 'Most sequences decoded together.'
+complete -c llmctl -n '__fish_seen_subcommand_from generate' -l max-num-seqs -r -d 'Most sequences decoded together (default: the number of prompts, at most 256).'
 complete -c llmctl -n '__fish_seen_subcommand_from generate' -l trust-remote-code -d 'Allow running code shipped in the model repo.'
 complete -c llmctl -n '__fish_seen_subcommand_from generate' -l model-impl -xa 'auto native transformers' -d 'native: llmctls own model definition; transformers: the transformers backend inside llmctls engine; auto: native when there is one, else transformers.'
 complete -c llmctl -n '__fish_seen_subcommand_from generate' -l enforce-eager -d 'Run decode steps eagerly instead of replaying CUDA graphs (same tokens; skips the start-up capture).'

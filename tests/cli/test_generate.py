@@ -126,8 +126,9 @@ def test_closed_pipe_ends_quietly(tmp_path):
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
-def test_enforce_eager_reaches_the_engine(run_cli, monkeypatch):
-    """--enforce-eager is handed to LLM (on a CPU nothing is captured either way: same text)."""
+def test_engine_options_reach_the_engine(run_cli, monkeypatch):
+    """--enforce-eager is handed to LLM (on a CPU nothing is captured either way: same text); the decode batch
+    (and so the CUDA graphs captured at start-up) is sized to the prompts unless --max-num-seqs says otherwise."""
     from llmctl.core.engine import llm as llm_module
 
     seen = []
@@ -135,13 +136,15 @@ def test_enforce_eager_reaches_the_engine(run_cli, monkeypatch):
 
     class Recording(real):
         def __init__(self, *args, **kwargs):
-            seen.append(kwargs.get("enforce_eager"))
+            seen.append((kwargs.get("enforce_eager"), kwargs.get("max_num_seqs")))
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(llm_module, "LLM", Recording)
     texts = []
-    for flag in (["--enforce-eager"], []):
-        result = run_cli("generate", "--prompt", "The capital of France is", "--no-chat", *flag, *FAST)
+    prompt = ["--prompt", "The capital of France is"]
+    for args in (["--enforce-eager", *prompt], prompt, [*prompt, *prompt, *prompt], [*prompt, "--max-num-seqs", "7"]):
+        result = run_cli("generate", *args, "--no-chat", *FAST)
         assert result.exit_code == 0, result.stderr
-        texts.append(result.stdout)
-    assert seen == [True, False] and texts[0] == texts[1]
+        texts.append(result.stdout.splitlines()[0])
+    assert seen == [(True, 1), (False, 1), (False, 3), (False, 7)]
+    assert len(set(texts)) == 1
