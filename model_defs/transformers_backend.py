@@ -1,6 +1,7 @@
 """The transformers backend: a transformers causal LM inside llmctl's engine, attending through its paged KV cache.
 
-transformers builds the model from its config (no weights, no download); llmctl's attention is registered
+transformers builds the model (from its config for dummy weights, else with its own from_pretrained, so its
+checkpoint conversions apply; no download beyond what resolution fetched); llmctl's attention is registered
 in transformers' AttentionInterface under ATTN_IMPLEMENTATION, so every attention module of the model
 hands its q/k/v (after its own rotary) to `llmctl_attention`, which writes k/v into the paged cache at the
 step's slot_mapping and attends with the same dispatched ops as model_defs/layers/attention.py. The
