@@ -100,7 +100,10 @@ def _token_counts(rows: list[list[int]], vocab: int, device: torch.device) -> to
 
 
 def apply_penalties(logits: torch.Tensor, states: list[SamplingState]) -> torch.Tensor:
-    """Repetition (prompt + output, HF) then presence/frequency (output, OpenAI), in place on (B, V)."""
+    """Repetition (prompt + output, HF) then presence/frequency (output, OpenAI) on (B, V).
+
+    Returns new logits when a penalty applies, else `logits` itself; the input is never modified.
+    """
     B, V = logits.shape
     device = logits.device
     rep = [s.params.repetition_penalty for s in states]
@@ -112,18 +115,21 @@ def apply_penalties(logits: torch.Tensor, states: list[SamplingState]) -> torch.
         seen = (_token_counts([s.prompt_token_ids for s in states], V, device) > 0) | (out_counts > 0)
         penalty = torch.tensor(rep, dtype=logits.dtype, device=device).unsqueeze(1)  # (B, 1)
         penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-        logits.copy_(torch.where(seen, penalized, logits))
+        logits = torch.where(seen, penalized, logits)
     if any(p != 0.0 for p in pres) or any(f != 0.0 for f in freq):
         if out_counts is None:
             out_counts = _token_counts([s.output_token_ids for s in states], V, device)
         freq_t = torch.tensor(freq, dtype=logits.dtype, device=device).unsqueeze(1)
         pres_t = torch.tensor(pres, dtype=logits.dtype, device=device).unsqueeze(1)
-        logits -= freq_t * out_counts + pres_t * (out_counts > 0).to(logits.dtype)
+        logits = logits - (freq_t * out_counts + pres_t * (out_counts > 0).to(logits.dtype))
     return logits
 
 
 def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState]) -> torch.Tensor:
-    """Mask stop_token_ids and EOS (unless ignore_eos) to -inf for rows still short of min_tokens."""
+    """Mask stop_token_ids and EOS (unless ignore_eos) to -inf for rows still short of min_tokens.
+
+    Returns new logits when a row is masked, else `logits` itself; the input is never modified.
+    """
     V = logits.shape[1]
     rows: list[int] = []
     cols: list[int] = []
@@ -135,7 +141,7 @@ def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState]) -> torch
                     cols.append(t)
     if rows:
         index = _to_device([rows, cols], logits.device)
-        logits.index_put_((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
+        logits = logits.index_put((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
     return logits
 
 
@@ -144,17 +150,6 @@ def _to_device(data: list, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return torch.tensor(data, dtype=torch.long)
     return torch.tensor(data, dtype=torch.long, pin_memory=True).to(device, non_blocking=True)
-
-
-def _needs_min_tokens(states: list[SamplingState]) -> bool:
-    return any(len(s.output_token_ids) < s.params.min_tokens for s in states)
-
-
-def _needs_penalties(states: list[SamplingState]) -> bool:
-    return any(
-        s.params.repetition_penalty != 1.0 or s.params.presence_penalty != 0.0 or s.params.frequency_penalty != 0.0
-        for s in states
-    )
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
@@ -229,9 +224,7 @@ class Sampler:
         B, V = logits.shape
         device = logits.device
         raw = logits.float()
-        x = raw
-        if _needs_penalties(states) or _needs_min_tokens(states):  # they write in place: keep raw for logprobs
-            x = apply_min_tokens(apply_penalties(raw.clone(), states), states)
+        x = apply_min_tokens(apply_penalties(raw, states), states)  # raw itself stays as it is, for logprobs
 
         params = [s.params for s in states]
         greedy = [p.is_greedy for p in params]
