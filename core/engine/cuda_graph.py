@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
+from llmctl.core.engine.staging import word_layout, word_views
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
 
@@ -27,30 +27,26 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
     return sorted(sizes)
 
 
-class _Bucket:
-    """Views of one bucket's inputs in the shared host and device buffers (int32 words).
+def _bucket_specs(b: int, width: int) -> list:
+    """input_ids, positions, slot_mapping int64 (b,); seq_lens int32 (b,); block_tables int32 (b, width)."""
+    return [((b,), torch.int64)] * 3 + [((b,), torch.int32), ((b, width), torch.int32)]
 
-    Layout for batch size b and block-table width w: input_ids int64 [0, 2b), positions int64 [2b, 4b), slot_mapping
-    int64 [4b, 6b), seq_lens int32 [6b, 7b), block_tables int32 [7b, 7b + b*w) as (b, w).
-    """
+
+class _Bucket:
+    """Views of one bucket's inputs (_bucket_specs) in the shared host and device buffers of int32 words."""
 
     def __init__(self, size: int, width: int, host: torch.Tensor, dev: torch.Tensor, query_start_loc: torch.Tensor):
         b = size
         self.size = size
-        self.used = 7 * b + b * width
-        host_np = host.numpy()
-        self.h_ids = host_np[0 : 2 * b].view(np.int64)
-        self.h_pos = host_np[2 * b : 4 * b].view(np.int64)
-        self.h_slots = host_np[4 * b : 6 * b].view(np.int64)
-        self.h_lens = host_np[6 * b : 7 * b]
-        self.h_tables = host_np[7 * b : self.used].reshape(b, width)
-        self.input_ids = dev[0 : 2 * b].view(torch.int64)
-        self.positions = dev[2 * b : 4 * b].view(torch.int64)
+        specs = _bucket_specs(b, width)
+        offsets, self.used = word_layout(specs)
+        self.h_ids, self.h_pos, self.h_slots, self.h_lens, self.h_tables = word_views(host.numpy(), specs, offsets)
+        self.input_ids, self.positions, slot_mapping, seq_lens, block_tables = word_views(dev, specs, offsets)
         self.meta = AttentionMetadata(
             query_start_loc=query_start_loc[: b + 1],
-            seq_lens=dev[6 * b : 7 * b],
-            slot_mapping=dev[4 * b : 6 * b].view(torch.int64),
-            block_tables=dev[7 * b : self.used].view(b, width),
+            seq_lens=seq_lens,
+            slot_mapping=slot_mapping,
+            block_tables=block_tables,
             max_query_len=1,
             max_seq_len=width,  # an upper bound in blocks' worth; nothing reads it on this path
         )
@@ -80,7 +76,7 @@ class DecodeRunner:
         self.sizes = graph_batch_sizes(max_num_seqs)
         self.max_batch = self.sizes[-1]
         self.width = -(-max_model_len // block_size)
-        words = 7 * self.max_batch + self.max_batch * self.width
+        words = word_layout(_bucket_specs(self.max_batch, self.width))[1]  # the largest bucket's layout holds all
         on_cuda = self.device.type == "cuda"
         self._host = torch.zeros(words, dtype=torch.int32, pin_memory=on_cuda)
         self._dev = torch.zeros(words, dtype=torch.int32, device=self.device) if on_cuda else self._host

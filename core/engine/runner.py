@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from llmctl.core.engine.cuda_graph import DecodeRunner
+from llmctl.core.engine.staging import Staging
 from llmctl.core.engine.sampler import Sampler
 from llmctl.core.engine.sequence import Sequence
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
@@ -36,42 +37,6 @@ class PackedBatch:
     attn_metadata: AttentionMetadata
 
 
-class _Staging:
-    """Integer step inputs to the device in one copy, through buffers kept from step to step.
-
-    On CUDA a pinned host buffer of int32 words and a device buffer of the same size (grown on demand; allocating
-    pinned memory for every step can cost milliseconds); int64 arrays take two words each. The returned tensors are
-    views into the device buffer, valid until the next send: every step ends with a sync (the sampled tokens), so a
-    step never overwrites what a running one reads. On the CPU each array becomes its own tensor.
-    """
-
-    def __init__(self, device: torch.device, packed: bool | None = None):
-        self.device = device
-        self.packed = device.type == "cuda" if packed is None else packed  # packed=True on a CPU: tests
-        self.host = torch.empty(0, dtype=torch.int32)
-        self.dev = self.host
-
-    def send(self, int64_arrays: list[np.ndarray], int32_arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        if not self.packed:
-            return [torch.from_numpy(a) for a in int64_arrays + int32_arrays]
-        words = sum(2 * a.size for a in int64_arrays) + sum(a.size for a in int32_arrays)
-        if words > self.host.numel():
-            capacity = 1 << max(12, (words - 1).bit_length())
-            self.host = torch.empty(capacity, dtype=torch.int32, pin_memory=self.device.type == "cuda")
-            self.dev = torch.empty(capacity, dtype=torch.int32, device=self.device)
-        host = self.host.numpy()
-        views = []
-        offset = 0
-        for a, dtype in [(a, torch.int64) for a in int64_arrays] + [(a, torch.int32) for a in int32_arrays]:
-            width = a.size * (2 if dtype == torch.int64 else 1)
-            dest = host[offset : offset + width]
-            (dest.view(np.int64) if dtype == torch.int64 else dest)[:] = a.reshape(-1)
-            views.append((offset, width, dtype, a.shape))
-            offset += width
-        self.dev[:offset].copy_(self.host[:offset], non_blocking=True)
-        return [self.dev[o : o + w].view(dtype).view(shape) for o, w, dtype, shape in views]
-
-
 class ModelRunner:
     """Owns the model and its KV cache; device-agnostic (plain torch on CPU and CUDA alike).
 
@@ -97,7 +62,7 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = torch.device(device)
-        self._staging = _Staging(self.device)
+        self._staging = Staging(self.device)
         if padded_decode is None:
             padded_decode = self.device.type == "cuda"
         self.decode: DecodeRunner | None = None

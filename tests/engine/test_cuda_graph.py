@@ -98,9 +98,9 @@ def test_staging_packs_step_inputs_into_one_buffer(device):
     """The packed batch's integer inputs travel in one buffer: every view reads back what was sent."""
     import numpy as np
 
-    from llmctl.core.engine.runner import _Staging
+    from llmctl.core.engine.staging import Staging
 
-    staging = _Staging(torch.device(device), packed=True)
+    staging = Staging(torch.device(device), packed=True)
     rng = np.random.default_rng(0)
     for size in (3, 5000, 7):  # grows once, then reuses the larger buffers
         a64 = [rng.integers(-(2**40), 2**40, size), rng.integers(0, 9, size)]

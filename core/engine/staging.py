@@ -1,0 +1,68 @@
+"""Integer step inputs laid out in one int32 buffer, so that they reach the device in one host-to-device copy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+Spec = tuple[tuple[int, ...], torch.dtype]  # (shape, torch.int64 | torch.int32)
+
+
+def word_layout(specs: list[Spec]) -> tuple[list[int], int]:
+    """(offset of each array, words in all) for arrays laid one after another in int32 words.
+
+    An int64 array takes two words per element and starts on an even word, so that its view is aligned.
+    """
+    offsets, words = [], 0
+    for shape, dtype in specs:
+        if dtype == torch.int64:
+            words += words % 2
+        offsets.append(words)
+        words += math.prod(shape) * (2 if dtype == torch.int64 else 1)
+    return offsets, words
+
+
+def word_views(buffer: np.ndarray | torch.Tensor, specs: list[Spec], offsets: list[int]) -> list:
+    """The arrays of word_layout as views into an int32 `buffer` (numpy on the host, torch on either side)."""
+    numpy = isinstance(buffer, np.ndarray)
+    views = []
+    for (shape, dtype), offset in zip(specs, offsets):
+        wide = dtype == torch.int64
+        flat = buffer[offset : offset + math.prod(shape) * (2 if wide else 1)]
+        if wide:
+            flat = flat.view(np.int64 if numpy else torch.int64)
+        views.append(flat.reshape(shape))
+    return views
+
+
+class Staging:
+    """Integer step inputs to the device in one copy, through buffers kept from step to step.
+
+    On CUDA a pinned host buffer of int32 words and a device buffer of the same size (grown on demand; allocating
+    pinned memory for every step can cost milliseconds); int64 arrays take two words each. The returned tensors are
+    views into the device buffer, valid until the next send: every step ends with a sync (the sampled tokens), so a
+    step never overwrites what a running one reads. On the CPU each array becomes its own tensor.
+    """
+
+    def __init__(self, device: torch.device, packed: bool | None = None):
+        self.device = device
+        self.packed = device.type == "cuda" if packed is None else packed  # packed=True on a CPU: tests
+        self.host = torch.empty(0, dtype=torch.int32)
+        self.dev = self.host
+
+    def send(self, int64_arrays: list[np.ndarray], int32_arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        if not self.packed:
+            return [torch.from_numpy(a) for a in int64_arrays + int32_arrays]
+        arrays = int64_arrays + int32_arrays
+        specs = [(a.shape, torch.int64) for a in int64_arrays] + [(a.shape, torch.int32) for a in int32_arrays]
+        offsets, words = word_layout(specs)
+        if words > self.host.numel():
+            capacity = 1 << max(12, (words - 1).bit_length())
+            self.host = torch.empty(capacity, dtype=torch.int32, pin_memory=self.device.type == "cuda")
+            self.dev = torch.empty(capacity, dtype=torch.int32, device=self.device)
+        for dest, a in zip(word_views(self.host.numpy(), specs, offsets), arrays):
+            dest[...] = a
+        self.dev[:words].copy_(self.host[:words], non_blocking=True)
+        return word_views(self.dev, specs, offsets)
