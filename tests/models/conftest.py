@@ -1,4 +1,4 @@
-"""Session fixtures of tests/models: the Bench over every tiny checkpoint of cases.py, one torch thread."""
+"""Session fixtures of tests/models: the Bench over every tiny checkpoint of cases.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
 
 def _load(name: str):
@@ -22,11 +21,3 @@ def bench(tmp_path_factory):
     """harness.Bench over cases.CASES: checkpoints, model pairs and transformers' greedy runs, built once."""
     return _load("harness").Bench(_load("cases").CASES, tmp_path_factory)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models are tiny: one thread avoids oversubscribing the shared 2-core CI box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
