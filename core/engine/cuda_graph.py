@@ -100,10 +100,7 @@ class DecodeRunner:
         """Write the step's inputs into the host buffer (padding rows: token 0, slot -1, length 0), then copy once."""
         n, bs = len(seqs), self.block_size
         pos = [seq.num_computed_tokens for seq in seqs]
-        bucket.h_ids[:n] = [
-            seq.output_token_ids[-1] if p == seq.num_tokens - 1 and p >= seq.prompt_len else seq.token_ids(p, p + 1)[0]
-            for seq, p in zip(seqs, pos)
-        ]
+        bucket.h_ids[:n] = [seq.token_ids(p, p + 1)[0] for seq, p in zip(seqs, pos)]
         bucket.h_pos[:n] = pos
         bucket.h_slots[:n] = [seq.block_table[p // bs] * bs + p % bs for seq, p in zip(seqs, pos)]
         bucket.h_lens[:n] = [p + 1 for p in pos]

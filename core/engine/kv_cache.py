@@ -108,8 +108,6 @@ class BlockManager:
 
     def grow(self, seq: Sequence, num_tokens: int) -> bool:
         """Extend seq's block table to cover num_tokens; False (and nothing taken) if blocks run out."""
-        if num_tokens <= len(seq.block_table) * self.block_size:  # the common decode step: room in the last block
-            return True
         n = self.blocks_to_grow(seq, num_tokens)
         if n > len(self._free):
             return False

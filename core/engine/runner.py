@@ -139,16 +139,15 @@ class ModelRunner:
         prompt_rows: list[int] = []
         prompt_spans: list[tuple[Sequence, range, int]] = []
         offset = 0
-        for seq, n in scheduled:  # runs for every sequence of every step: plain attribute reads only
+        for seq, n in scheduled:
             start = seq.num_computed_tokens
-            if start + n == len(seq.prompt_token_ids) + len(seq.output_token_ids):
+            if start + n == seq.num_tokens:
                 sample_seqs.append(seq)
                 sample_rows.append(offset + n - 1)
-            if getattr(seq.params, "prompt_logprobs", None) is not None:
-                pending = seq.prompt_logprobs_pending(start, start + n)
-                if len(pending):
-                    prompt_spans.append((seq, pending, len(prompt_rows)))
-                    prompt_rows.extend(offset + p - start for p in pending)
+            pending = seq.prompt_logprobs_pending(start, start + n)
+            if len(pending):
+                prompt_spans.append((seq, pending, len(prompt_rows)))
+                prompt_rows.extend(offset + p - start for p in pending)
             offset += n
 
         out = StepOutput(sample_seqs, [], [], {})

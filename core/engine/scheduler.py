@@ -84,7 +84,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(len(seq.prompt_token_ids) + len(seq.output_token_ids) - seq.num_computed_tokens, budget)
+            n = min(seq.num_uncomputed_tokens, budget)
             if n <= 0:  # nothing to compute (cannot happen between steps: a token was just sampled)
                 i += 1
                 continue
