@@ -223,15 +223,6 @@ def build_llmctl(cfg: BenchConfig, path: Path, device, state: dict | None, log: 
     return llm, init_s
 
 
-def _graph_capture_seconds(llm) -> float | None:
-    engine = llm.llm_engine
-    for owner in (engine, getattr(engine, "runner", None)):
-        value = getattr(owner, "cuda_graph_capture_seconds", None)
-        if value is not None:
-            return float(value)
-    return None
-
-
 def bench_llmctl(llm, init_s: float, cfg: BenchConfig, num_prompts: int, log: Callable[[str], None]) -> SideResult:
     """Warm up, then TTFT, batch-1 decode, batch throughput and offline throughput on llmctl's engine."""
     engine, device = llm.llm_engine, llm.device
@@ -261,7 +252,7 @@ def bench_llmctl(llm, init_s: float, cfg: BenchConfig, num_prompts: int, log: Ca
     return SideResult(
         load_s=llm.load_seconds,
         init_s=init_s,
-        cuda_graph_capture_s=_graph_capture_seconds(llm),
+        cuda_graph_capture_s=llm.llm_engine.cuda_graph_capture_seconds,
         ttft_ms=ttft * 1e3,
         decode_tok_s=decode,
         batch_output_tok_s=batch_size * cfg.output_len / batch_s,

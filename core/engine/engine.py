@@ -103,10 +103,9 @@ class LLMEngine:
             model, kv_caches, block_size, self.device, self.sampler,
             max_model_len=max_model_len, max_num_seqs=max_num_seqs, padded_decode=padded_decode,
         )
-        self.cuda_graph_capture_seconds: float | None = None
         if (self.device.type == "cuda" and not enforce_eager and self.runner.decode is not None
                 and getattr(model, "supports_cuda_graphs", True)):
-            self.cuda_graph_capture_seconds = self.runner.capture_cuda_graphs()
+            self.runner.decode.capture()
         self.scheduler = Scheduler(self.config, self.block_manager)
         self._token_text: dict[int, str] = {}
         self._seqs: dict[str, Sequence] = {}
@@ -258,6 +257,12 @@ class LLMEngine:
             seq.finish_reason = "length"
         elif seq.num_tokens >= self.max_model_len:
             seq.finish_reason = "length"
+
+    @property
+    def cuda_graph_capture_seconds(self) -> float | None:
+        """How long capturing the decode CUDA graphs took at start-up; None when none were captured."""
+        decode = self.runner.decode
+        return decode.capture_seconds if decode is not None else None
 
     @property
     def vocab_size(self) -> int | None:

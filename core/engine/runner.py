@@ -41,7 +41,7 @@ class ModelRunner:
     """Owns the model and its KV cache; device-agnostic (plain torch on CPU and CUDA alike).
 
     Steps that schedule one token per sequence go through a DecodeRunner (static inputs padded to bucket sizes,
-    replayed as CUDA graphs once `capture_cuda_graphs` ran) when `padded_decode` is on; other steps are packed
+    replayed as CUDA graphs once its `capture` ran) when `padded_decode` is on; other steps are packed
     without padding and run eagerly. padded_decode defaults to on for CUDA (where graphs need it) and off elsewhere.
     """
 
@@ -70,14 +70,6 @@ class ModelRunner:
             if max_model_len is None:
                 raise ValueError("padded decode needs max_model_len (the width of its block tables)")
             self.decode = DecodeRunner(model, kv_caches, block_size, max_model_len, max_num_seqs, self.device)
-        self.cuda_graph_capture_seconds: float | None = None
-
-    def capture_cuda_graphs(self) -> float:
-        """Capture the decode graphs (CUDA, padded decode); returns the seconds it took."""
-        if self.decode is None:
-            raise ValueError("CUDA graphs need padded decode")
-        self.cuda_graph_capture_seconds = self.decode.capture()
-        return self.cuda_graph_capture_seconds
 
     def prepare(self, scheduled: list[tuple[Sequence, int]]) -> PackedBatch:
         """Pack the new tokens of every scheduled sequence, with no padding, and their cache slots."""
@@ -96,13 +88,9 @@ class ModelRunner:
             table = seq.block_table
             tables[i, : len(table)] = table
             input_ids[offset : offset + n] = seq.token_ids(start, end)
-            if n == 1:  # decode rows: plain ints beat numpy's per-call cost
-                positions[offset] = start
-                slots[offset] = table[start // bs] * bs + start % bs
-            else:
-                pos = np.arange(start, end)
-                positions[offset : offset + n] = pos
-                slots[offset : offset + n] = tables[i, pos // bs].astype(np.int64) * bs + pos % bs
+            pos = np.arange(start, end)
+            positions[offset : offset + n] = pos
+            slots[offset : offset + n] = tables[i, pos // bs].astype(np.int64) * bs + pos % bs
             offset += n
             query_start_loc[i + 1] = offset
             seq_lens[i] = end
