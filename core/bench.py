@@ -324,6 +324,11 @@ def environment(cfg: BenchConfig, path: Path, device, dtype, task: str) -> dict[
     }
 
 
+def settings(cfg: BenchConfig, **resolved: Any) -> dict[str, Any]:
+    """The result's "settings": every BenchConfig field but the model, then the values resolved for this run."""
+    return {**{k: v for k, v in asdict(cfg).items() if k != "model"}, **resolved}
+
+
 # -- the whole run -------------------------------------------------------------------------------------
 
 
@@ -377,8 +382,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
 
     result: dict[str, Any] = {
         **environment(cfg, path, device, dtype, "generate"),
-        "settings": {**{k: v for k, v in asdict(cfg).items() if k != "model"}, "num_prompts": num_prompts,
-                     "batch_size": batch_size},
+        "settings": settings(cfg, num_prompts=num_prompts, batch_size=batch_size),
         "protocol": PROTOCOL,
         "llmctl": _side_dict(ours),
         "transformers": None,

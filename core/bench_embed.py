@@ -16,6 +16,7 @@ from llmctl.core.bench import (
     environment,
     handover_state,
     peak_gpu_gib,
+    settings,
 )
 from llmctl.core.errors import UsageError
 
@@ -247,11 +248,10 @@ def run_embed_bench(cfg: BenchConfig, path: Path, device, hf_config, dtype, mode
     del llm
     gc.collect()
 
-    settings = {**{k: v for k, v in asdict(cfg).items() if k != "model"}, "num_prompts": num_prompts,
-                "batch_size": batch_size, "min_len": lo, "max_len": hi, "pooling": pooling, "normalize": normalize}
     result = {
         **environment(cfg, path, device, dtype, "embed"),
-        "settings": settings,
+        "settings": settings(cfg, num_prompts=num_prompts, batch_size=batch_size, min_len=lo, max_len=hi,
+                             pooling=pooling, normalize=normalize),
         "protocol": EMBED_PROTOCOL,
         "llmctl": asdict(ours),
         "transformers": None,
