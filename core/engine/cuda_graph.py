@@ -33,14 +33,19 @@ def _bucket_specs(b: int, width: int) -> list:
 
 
 class _Bucket:
-    """Views of one bucket's inputs (_bucket_specs) in the shared host and device buffers of int32 words."""
+    """Views of one bucket's inputs (_bucket_specs) in the shared host buffers and device buffer of int32 words.
 
-    def __init__(self, size: int, width: int, host: torch.Tensor, dev: torch.Tensor, query_start_loc: torch.Tensor):
+    host_views[i] = (ids, positions, slots, seq_lens, block_tables) numpy views into host buffer i.
+    """
+
+    def __init__(
+        self, size: int, width: int, hosts: list[torch.Tensor], dev: torch.Tensor, query_start_loc: torch.Tensor
+    ):
         b = size
         self.size = size
         specs = _bucket_specs(b, width)
         offsets, self.used = word_layout(specs)
-        self.h_ids, self.h_pos, self.h_slots, self.h_lens, self.h_tables = word_views(host.numpy(), specs, offsets)
+        self.host_views = [word_views(host.numpy(), specs, offsets) for host in hosts]
         self.input_ids, self.positions, slot_mapping, seq_lens, block_tables = word_views(dev, specs, offsets)
         self.meta = AttentionMetadata(
             query_start_loc=query_start_loc[: b + 1],
@@ -78,10 +83,14 @@ class DecodeRunner:
         self.width = -(-max_model_len // block_size)
         words = word_layout(_bucket_specs(self.max_batch, self.width))[1]  # the largest bucket's layout holds all
         on_cuda = self.device.type == "cuda"
-        self._host = torch.zeros(words, dtype=torch.int32, pin_memory=on_cuda)
-        self._dev = torch.zeros(words, dtype=torch.int32, device=self.device) if on_cuda else self._host
+        # Two pinned host buffers used in turn: with overlapped steps (async scheduling) the host fills step n + 1
+        # while step n's copy may still be queued; a buffer is reused only after its previous copy ran.
+        self._hosts = [torch.zeros(words, dtype=torch.int32, pin_memory=on_cuda) for _ in range(2 if on_cuda else 1)]
+        self._dev = torch.zeros(words, dtype=torch.int32, device=self.device) if on_cuda else self._hosts[0]
+        self._copied: list[torch.cuda.Event | None] = [None] * len(self._hosts)
+        self._turn = 0
         qsl = torch.arange(self.max_batch + 1, dtype=torch.int32, device=self.device)
-        self._buckets = {b: _Bucket(b, self.width, self._host, self._dev, qsl) for b in self.sizes}
+        self._buckets = {b: _Bucket(b, self.width, self._hosts, self._dev, qsl) for b in self.sizes}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, torch.Tensor] = {}
         self.capture_seconds: float | None = None
@@ -96,33 +105,46 @@ class DecodeRunner:
     def graph_sizes(self) -> list[int]:
         return sorted(self._graphs)
 
-    def _fill(self, bucket: _Bucket, seqs) -> None:
-        """Write the step's inputs into the host buffer (padding rows: token 0, slot -1, length 0), then copy once."""
+    def _fill(self, bucket: _Bucket, seqs, input_ids: torch.Tensor | None = None) -> None:
+        """Write the step's inputs into a host buffer (padding rows: token 0, slot -1, length 0), then copy once.
+
+        With `input_ids` (a device tensor, one id per sequence: tokens sampled by a step still in flight) the ids
+        are copied on the device after the host buffer's copy, and the sequences' own token lists are not read.
+        """
         n, bs = len(seqs), self.block_size
+        turn = self._turn
+        self._turn = (turn + 1) % len(self._hosts)
+        if self._copied[turn] is not None:
+            self._copied[turn].synchronize()  # its previous copy has run (in practice long ago)
+        h_ids, h_pos, h_slots, h_lens, tables = bucket.host_views[turn]
         pos = [seq.num_computed_tokens for seq in seqs]
-        bucket.h_ids[:n] = [seq.token_ids(p, p + 1)[0] for seq, p in zip(seqs, pos)]
-        bucket.h_pos[:n] = pos
-        bucket.h_slots[:n] = [seq.block_table[p // bs] * bs + p % bs for seq, p in zip(seqs, pos)]
-        bucket.h_lens[:n] = [p + 1 for p in pos]
-        tables = bucket.h_tables
+        if input_ids is None:
+            h_ids[:n] = [seq.token_ids(p, p + 1)[0] for seq, p in zip(seqs, pos)]
+        h_pos[:n] = pos
+        h_slots[:n] = [seq.block_table[p // bs] * bs + p % bs for seq, p in zip(seqs, pos)]
+        h_lens[:n] = [p + 1 for p in pos]
         tables.fill(0)  # the buffer is shared by all buckets: clear other layouts' words (torch references read them)
         for i, seq in enumerate(seqs):
             table = seq.block_table
             tables[i, : len(table)] = table
-        if n < bucket.size:
-            bucket.h_ids[n:] = 0
-            bucket.h_pos[n:] = 0
-            bucket.h_slots[n:] = -1
-            bucket.h_lens[n:] = 0
-        if self._dev is not self._host:
-            self._dev[: bucket.used].copy_(self._host[: bucket.used], non_blocking=True)
+        h_ids[n if input_ids is None else 0 :] = 0
+        h_pos[n:] = 0
+        h_slots[n:] = -1
+        h_lens[n:] = 0
+        host = self._hosts[turn]
+        if self._dev is not host:
+            self._dev[: bucket.used].copy_(host[: bucket.used], non_blocking=True)
+            event = self._copied[turn] = self._copied[turn] or torch.cuda.Event()
+            event.record()
+        if input_ids is not None:
+            bucket.input_ids[:n].copy_(input_ids)
 
     def _forward(self, bucket: _Bucket) -> torch.Tensor:
         return self.model(bucket.input_ids, bucket.positions, ForwardContext(bucket.meta, self.kv_caches))
 
-    def run(self, seqs) -> torch.Tensor:
+    def run(self, seqs, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         bucket = self._buckets[self.bucket_for(len(seqs))]
-        self._fill(bucket, seqs)
+        self._fill(bucket, seqs, input_ids)
         graph = self._graphs.get(bucket.size)
         if graph is None:
             return self._forward(bucket)[: len(seqs)]

@@ -19,7 +19,7 @@ from llmctl.core.engine.kv_cache import (
     num_blocks_for_budget,
 )
 from llmctl.core.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from llmctl.core.engine.runner import ModelRunner
+from llmctl.core.engine.runner import InflightStep, ModelRunner
 from llmctl.core.engine.sampler import Sampler, SamplingState
 from llmctl.core.engine.scheduler import Scheduler, SchedulerConfig
 from llmctl.core.engine.sequence import Sequence, SequenceStatus
@@ -42,6 +42,12 @@ class LLMEngine:
     On CUDA, decode steps run at bucketed batch sizes on static inputs and, unless enforce_eager, as CUDA graphs
     captured here (cuda_graph_capture_seconds says how long that took); see core/engine/cuda_graph.py.
     padded_decode (default: on for CUDA) sends decode steps through that path on any device.
+
+    async_scheduling (default: on wherever decode is padded) overlaps the host's work with the device's during
+    runs of decode steps: step n + 1 is queued, fed by step n's sampled tokens on the device, before the host
+    reads step n's tokens back and does its bookkeeping (stop checks, detokenizing, outputs). A request that stops
+    on a token therefore costs one extra decode step, whose token is dropped; results are the same either way.
+    It applies to steps whose requests need no read-back to sample (no penalties, no logprobs).
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class LLMEngine:
         shrink_max_model_len: bool = False,
         enforce_eager: bool = False,
         padded_decode: bool | None = None,
+        async_scheduling: bool | None = None,
     ):
         self.device = torch.device(device)
         self.tokenizer = tokenizer
@@ -107,6 +114,10 @@ class LLMEngine:
                 and getattr(model, "supports_cuda_graphs", True)):
             self.runner.decode.capture()
         self.scheduler = Scheduler(self.config, self.block_manager)
+        self.async_scheduling = self.runner.decode is not None if async_scheduling is None else async_scheduling
+        if self.async_scheduling and self.runner.decode is None:
+            raise UsageError("async_scheduling needs padded decode steps (padded_decode=True)")
+        self._inflight: InflightStep | None = None  # a decode step queued on the device, its tokens not read yet
         self._token_text: dict[int, str] = {}
         self._seqs: dict[str, Sequence] = {}
         self._rejected: list[Sequence] = []
@@ -197,6 +208,8 @@ class LLMEngine:
         for seq in self._rejected:
             self._seqs.pop(seq.request_id, None)
         self._rejected = []
+        if self._inflight is not None:
+            return outputs + self._step_overlapped(finished_only)
         sched = self.scheduler.schedule()
         if sched.is_empty:
             if self.scheduler.waiting and not self.scheduler.running:
@@ -205,13 +218,24 @@ class LLMEngine:
                 self.scheduler.finish(seq)
                 self._reject(seq, f"{seq.num_tokens} tokens need more KV cache blocks than the engine has")
             return outputs
+        seqs = [seq for seq, _ in sched.scheduled]
+        if (self.async_scheduling and not sched.preempted
+                and all(n == 1 and seq.num_uncomputed_tokens == 1 for seq, n in sched.scheduled)
+                and self.runner.can_launch(seqs)):
+            self._launch(seqs, None)
+            return outputs + self._step_overlapped(finished_only)
         result = self.runner.execute(sched.scheduled)
         for seq, n in sched.scheduled:
             seq.num_computed_tokens += n
             for entry in result.prompt_logprobs.get(id(seq), ()):
                 seq.prompt_logprobs.append(self._logprobs(entry))
+        return outputs + self._take_samples(result.sample_seqs, result.token_ids, result.logprobs, finished_only)
+
+    def _take_samples(self, seqs, tokens, logprobs_raw, finished_only: bool) -> list[RequestOutput]:
+        """Append each sequence's sampled token, finish the ones that stopped, and build the outputs."""
+        outputs = []
         now = time.time()
-        for seq, token, raw in zip(result.sample_seqs, result.token_ids, result.logprobs):
+        for seq, token, raw in zip(seqs, tokens, logprobs_raw):
             logprobs = None if raw is None else self._logprobs(raw)
             self._append_token(seq, token, logprobs, now)
             if seq.finish_reason is not None:
@@ -222,6 +246,57 @@ class LLMEngine:
                 continue
             outputs.append(self._make_output(seq))
         return outputs
+
+    # -- overlapped decode steps (async_scheduling) ---------------------------------------------------
+
+    def _launch(self, seqs: list[Sequence], previous: InflightStep | None) -> None:
+        self._inflight = self.runner.launch_decode(seqs, previous)
+        for seq in seqs:
+            seq.num_computed_tokens += 1
+
+    def _step_overlapped(self, finished_only: bool) -> list[RequestOutput]:
+        """Queue the next decode step when it is known without the in-flight step's tokens, then read those back.
+
+        While a step is in flight its sequences' num_computed_tokens already count the position of the token it
+        is sampling (one past num_tokens); appending that token makes them agree again.
+        """
+        step = self._inflight
+        nxt = self._next_decode(step)
+        self._inflight = None
+        if nxt is not None:
+            self._launch(nxt, step)
+        live = [(seq, token) for seq, token in zip(step.seqs, step.token_ids()) if not seq.is_finished]
+        return self._take_samples([s for s, _ in live], [t for _, t in live], [None] * len(live), finished_only)
+
+    def _next_decode(self, step: InflightStep) -> list[Sequence] | None:
+        """The sequences of the next decode step if it can be queued before `step`'s tokens are known, else None.
+
+        That is when every running sequence was in `step` and will still run after its token (known now only for
+        max_tokens and max_model_len; a stop token is seen later and its extra step dropped), nobody waiting could
+        take a seat, and the cache grows without preempting anyone.
+        """
+        running = self.scheduler.running
+        if len(running) != len(step.seqs):
+            return None
+        seqs = []
+        for seq in step.seqs:
+            if seq.status is not SequenceStatus.RUNNING:
+                return None
+            max_tokens = seq.params.max_tokens
+            n_out = seq.num_output_tokens + 1  # with the token in flight
+            if (max_tokens is not None and n_out >= max_tokens) or seq.num_tokens + 1 >= self.max_model_len:
+                continue
+            seqs.append(seq)
+        if not seqs:
+            return None
+        if self.scheduler.waiting and len(seqs) < self.config.max_num_seqs:
+            return None
+        if not self.runner.can_launch(seqs):
+            return None
+        for seq in seqs:
+            if not self.block_manager.grow(seq, seq.num_computed_tokens + 1):
+                return None
+        return seqs
 
     def _append_token(self, seq: Sequence, token: int, logprobs, now: float) -> None:
         seq.output_token_ids.append(token)

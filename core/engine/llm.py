@@ -33,7 +33,9 @@ from llmctl.core.errors import UnsupportedModelError, UsageError
 
 
 # Engine options accepted beyond the named arguments; vLLM options that change nothing here are ignored.
-_ENGINE_OPTIONS = {"max_num_batched_tokens", "block_size", "kv_cache_memory", "num_kv_blocks", "padded_decode"}
+_ENGINE_OPTIONS = {
+    "max_num_batched_tokens", "block_size", "kv_cache_memory", "num_kv_blocks", "padded_decode", "async_scheduling",
+}
 _IGNORED_OPTIONS = {"swap_space", "disable_log_stats", "tokenizer_mode", "enable_prefix_caching"}
 
 
@@ -47,7 +49,8 @@ class LLM:
     max_num_batched_tokens (default max(8192 on CUDA / 2048 on CPU, max_num_seqs)), block_size (16), kv_cache_memory (bytes
     of KV cache on any device; default on CPU 1 GiB, on CUDA what gpu_memory_utilization leaves; capped
     at what max_num_seqs sequences of max_model_len need), num_kv_blocks (fixes the block count),
-    padded_decode (decode steps at bucketed batch sizes on static inputs; default: on for CUDA only).
+    padded_decode (decode steps at bucketed batch sizes on static inputs; default: on for CUDA only),
+    async_scheduling (queue decode step n + 1 before reading step n's tokens back; default: with padded_decode).
     On CUDA, decode steps replay CUDA graphs captured at start-up for bucketed batch sizes; enforce_eager=True
     runs them eagerly instead (same kernels, same shapes, same tokens).
     """
@@ -145,6 +148,7 @@ class LLM:
             shrink_max_model_len=shrink,
             enforce_eager=enforce_eager,
             padded_decode=engine_options.get("padded_decode"),
+            async_scheduling=engine_options.get("async_scheduling"),
         )
         self.max_model_len = self.llm_engine.max_model_len
 

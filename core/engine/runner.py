@@ -9,7 +9,7 @@ import torch
 
 from llmctl.core.engine.cuda_graph import DecodeRunner
 from llmctl.core.engine.staging import Staging
-from llmctl.core.engine.sampler import Sampler
+from llmctl.core.engine.sampler import Sampler, host_to_device
 from llmctl.core.engine.sequence import Sequence
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
@@ -26,6 +26,30 @@ class StepOutput:
     token_ids: list[int]
     logprobs: list[dict[int, tuple[float, int]] | None]
     prompt_logprobs: dict[int, list[dict[int, tuple[float, int]]]]
+
+
+class InflightStep:
+    """A decode step launched without waiting for it: its sampled tokens arrive in a pinned host buffer.
+
+    `tokens` (on the device) can feed the next step's input ids before the host has read them.
+    """
+
+    def __init__(self, seqs: list[Sequence], tokens: torch.Tensor):
+        self.seqs = seqs
+        self.tokens = tokens
+        if tokens.device.type == "cuda":
+            self._host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            self._host.copy_(tokens, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host, self._ready = tokens, None
+
+    def token_ids(self) -> list[int]:
+        """Wait for the step, then its token per sequence."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.tolist()
 
 
 @dataclass
@@ -107,6 +131,33 @@ class ModelRunner:
         )
         return PackedBatch(input_ids=ids_t, positions=pos_t, attn_metadata=meta)
 
+    def can_launch(self, seqs: list[Sequence]) -> bool:
+        """Whether launch_decode can run these sequences: a padded decode batch whose sampling needs no read-back."""
+        return (self.decode is not None and 0 < len(seqs) <= self.decode.max_batch
+                and all(self.sampler.overlappable(seq.sampling_state) for seq in seqs))
+
+    @torch.inference_mode()
+    def launch_decode(self, seqs: list[Sequence], previous: InflightStep | None = None) -> InflightStep:
+        """Queue a decode step of one token per sequence, and its sampling, without waiting for the device.
+
+        With `previous`, the tokens it sampled (not yet appended to the sequences) are this step's inputs:
+        seqs must be a subset of previous.seqs, in the same order, each with num_computed_tokens already counting
+        the position of that pending token. The caller advances num_computed_tokens after the launch.
+        """
+        input_ids = None
+        if previous is not None:
+            if len(seqs) == len(previous.seqs):
+                input_ids = previous.tokens
+            else:
+                keep = {id(seq) for seq in seqs}
+                rows = [i for i, seq in enumerate(previous.seqs) if id(seq) in keep]
+                input_ids = previous.tokens[host_to_device(rows, previous.tokens.device)]
+        hidden = self.decode.run(seqs, input_ids)
+        logits = self.model.compute_logits(hidden).float()
+        states = [seq.sampling_state for seq in seqs]
+        tokens = self.sampler.sample_tokens(logits, states, pending=0 if previous is None else 1)
+        return InflightStep(seqs, tokens)
+
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> StepOutput:
         """Run the model over the packed batch, then sample every sequence that caught up.
@@ -158,3 +209,4 @@ class ModelRunner:
             k = seq.params.prompt_logprobs
             out.prompt_logprobs[id(seq)] = self.sampler.prompt_logprobs(rows_lp, tokens, k)[1:]
         return out
+

@@ -125,31 +125,32 @@ def apply_penalties(logits: torch.Tensor, states: list[SamplingState]) -> torch.
     return logits
 
 
-def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState]) -> torch.Tensor:
+def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState], pending: int = 0) -> torch.Tensor:
     """Mask stop_token_ids and EOS (unless ignore_eos) to -inf for rows still short of min_tokens.
 
+    `pending` tokens per row were sampled but are not in output_token_ids yet (a step still in flight).
     Returns new logits when a row is masked, else `logits` itself; the input is never modified.
     """
     V = logits.shape[1]
     rows: list[int] = []
     cols: list[int] = []
     for i, s in enumerate(states):
-        if len(s.output_token_ids) < s.params.min_tokens:
+        if len(s.output_token_ids) + pending < s.params.min_tokens:
             for t in s.stop_ids:
                 if 0 <= t < V:
                     rows.append(i)
                     cols.append(t)
     if rows:
-        index = _to_device([rows, cols], logits.device)
+        index = host_to_device([rows, cols], logits.device)
         logits = logits.index_put((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
     return logits
 
 
-def _to_device(data: list, device: torch.device) -> torch.Tensor:
-    """A long tensor of `data` on `device`; on CUDA through pinned memory, so the host does not wait for the GPU."""
+def host_to_device(data: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A tensor of `data` on `device`; on CUDA through pinned memory, so the host does not wait for the GPU."""
     if device.type != "cuda":
-        return torch.tensor(data, dtype=torch.long)
-    return torch.tensor(data, dtype=torch.long, pin_memory=True).to(device, non_blocking=True)
+        return torch.tensor(data, dtype=dtype)
+    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
@@ -221,30 +222,42 @@ class Sampler:
         """One token per row; logits (B, V) are not modified."""
         if logits.dim() != 2 or logits.shape[0] != len(states):
             raise ValueError(f"logits must be (B, V) with B = {len(states)} states, got {tuple(logits.shape)}")
-        B, V = logits.shape
-        device = logits.device
         raw = logits.float()
-        x = apply_min_tokens(apply_penalties(raw, states), states)  # raw itself stays as it is, for logprobs
-
+        tokens = self.sample_tokens(raw, states).tolist()
+        logprobs: list[Logprobs | None] = [None] * len(states)
         params = [s.params for s in states]
-        greedy = [p.is_greedy for p in params]
-        if any(greedy):
-            token_ids = x.argmax(dim=-1)
-        else:
-            token_ids = torch.zeros(B, dtype=torch.long, device=device)
-        if not all(greedy):
-            random_rows = [i for i, g in enumerate(greedy) if not g]
-            sampled = self._sample_random(x[random_rows], [states[i] for i in random_rows])  # (R,)
-            token_ids[torch.tensor(random_rows, device=device)] = sampled
-
-        tokens = token_ids.tolist()
-        logprobs: list[Logprobs | None] = [None] * B
         want = [i for i, p in enumerate(params) if p.logprobs is not None]
         if want:
             lp = torch.log_softmax(raw[want], dim=-1)  # (W, V), raw logits: vLLM's default
             for j, i in enumerate(want):
                 logprobs[i] = _logprob_dict(lp[j], tokens[i], params[i].logprobs)
         return SamplerOutput(token_ids=tokens, logprobs=logprobs)
+
+    @staticmethod
+    def overlappable(state: SamplingState) -> bool:
+        """Whether sample_tokens can draw this row's next token before the previous one is known: no penalties
+        (they count the output tokens) and no logprobs (sample() computes them after reading the token back)."""
+        p = state.params
+        return (p.logprobs is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
+                and p.frequency_penalty == 0.0)
+
+    @torch.inference_mode()
+    def sample_tokens(self, logits: torch.Tensor, states: list[SamplingState], pending: int = 0) -> torch.Tensor:
+        """(B,) long token ids on the logits' device, without waiting for the device.
+
+        `pending` tokens per row are sampled but not yet in output_token_ids (min_tokens counts them).
+        """
+        device = logits.device
+        x = apply_min_tokens(apply_penalties(logits.float(), states), states, pending)
+        greedy = [s.params.is_greedy for s in states]
+        if not any(greedy):
+            return self._sample_random(x, states)
+        token_ids = x.argmax(dim=-1)
+        if not all(greedy):
+            random_rows = [i for i, g in enumerate(greedy) if not g]
+            rows = host_to_device(random_rows, device)
+            token_ids[rows] = self._sample_random(x[rows], [states[i] for i in random_rows])  # (R,)
+        return token_ids
 
     def filtered_probs(self, logits: torch.Tensor, states: list[SamplingState]) -> torch.Tensor:
         """(R, V) probabilities that non-greedy rows are sampled from: temperature, top-k, top-p, min-p.
@@ -255,19 +268,18 @@ class Sampler:
         device = logits.device
         params = [s.params for s in states]
         # Greedy rows never sample; give them temperature 1 so the result stays finite.
-        temperature = torch.tensor([1.0 if p.is_greedy else p.temperature for p in params],
-                                   dtype=logits.dtype, device=device)
+        temperature = host_to_device([1.0 if p.is_greedy else p.temperature for p in params], device, logits.dtype)
         x = logits / temperature.unsqueeze(1)
         V = x.shape[1]
         top_k = top_p = None
         if any(p.top_k > 0 for p in params):
-            top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params], dtype=torch.long, device=device)
+            top_k = host_to_device([p.top_k if p.top_k > 0 else V for p in params], device)
         if any(p.top_p < 1.0 for p in params):
-            top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype, device=device)
+            top_p = host_to_device([p.top_p for p in params], device, logits.dtype)
         if top_k is not None or top_p is not None:
             x = apply_top_k_top_p(x, top_k, top_p)
         if any(p.min_p > 0.0 for p in params):
-            x = apply_min_p(x, torch.tensor([p.min_p for p in params], dtype=logits.dtype, device=device))
+            x = apply_min_p(x, host_to_device([p.min_p for p in params], device, logits.dtype))
         return x.softmax(dim=-1)
 
     def _sample_random(self, logits: torch.Tensor, states: list[SamplingState]) -> torch.Tensor:
@@ -288,7 +300,7 @@ class Sampler:
             else:
                 noise = torch.empty(len(shared_rows), probs.shape[1], dtype=probs.dtype, device=device)
                 noise.exponential_(generator=self._shared_generator(device))
-                q[torch.tensor(shared_rows, device=device)] = noise
+                q[host_to_device(shared_rows, device)] = noise
         q.clamp_(min=torch.finfo(q.dtype).tiny)  # Exp(1) can round to 0: avoid 0/0
         return (probs / q).argmax(dim=-1)
 
