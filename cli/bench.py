@@ -30,6 +30,7 @@ def bench(
     json_output: JsonOpt = False,
     enforce_eager: EnforceEagerOpt = False,
     max_model_len: MaxModelLenOpt = None,
+    max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="llmctl's engine: most sequences decoded together (default: max(256, --batch-size)).", show_default=False)] = None,
     min_len: Annotated[int, typer.Option("--min-len", min=1, help="Embedding models: shortest input in tokens.")] = 16,
     max_len: Annotated[int, typer.Option("--max-len", min=1, help="Embedding models: longest input in tokens (clipped to the model's positions).")] = 512,
 ) -> None:
@@ -50,7 +51,7 @@ def bench(
         model=model, random_weights=random_weights, dtype=dtype or settings.dtype or "auto",
         device=device or settings.device or "auto", batch_size=batch_size, input_len=input_len,
         output_len=output_len, num_prompts=num_prompts, against=against.value if against else None,
-        enforce_eager=enforce_eager, max_model_len=max_model_len, repeats=repeats,
+        enforce_eager=enforce_eager, max_model_len=max_model_len, max_num_seqs=max_num_seqs, repeats=repeats,
         kv_cache_memory=settings.kv_cache_memory, embed_min_len=min_len, embed_max_len=max_len,
     )  # fmt: skip
     out = Output(json_output)

@@ -94,12 +94,13 @@ def test_random_weights_without_against(tiny_config_dir):
 def test_cli_json_random_weights_against_transformers(tiny_config_dir):
     args = ["bench", str(tiny_config_dir), "--random-weights", "--device", "cpu", "--batch-size", "2",
             "--input-len", "6", "--output-len", "4", "--num-prompts", "3", "--repeats", "1",
-            "--against", "transformers", "--json"]  # fmt: skip
+            "--against", "transformers", "--max-num-seqs", "2", "--json"]  # fmt: skip
     res = CliRunner().invoke(_app(), args)
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout.strip().splitlines()[-1])
     assert TOP_KEYS <= set(data)
     assert data["settings"]["against"] == "transformers" and data["settings"]["random_weights"] is True
+    assert data["settings"]["max_num_seqs"] == 2
     assert data["llmctl"]["offline_output_tokens"] == 3 * 4
     # random init built by transformers, then the same tensors loaded into llmctl (tied embeddings)
     assert data["greedy_tokens_matching"] == 4
