@@ -21,8 +21,12 @@ _OPS: dict[str, tuple[str, str, str | None]] = {
     "gelu_tanh_and_mul": ("activation", "gelu_tanh_and_mul_ref", "gelu_tanh_and_mul"),
     "apply_rotary": ("rotary", "apply_rotary_ref", "apply_rotary"),
     "write_kv": ("kv_write", "write_kv_ref", "write_kv"),
+    "rotary_write_kv": ("rotary_kv", "rotary_write_kv_ref", "rotary_write_kv"),
     "paged_attention": ("attention", "paged_attention_ref", "paged_attention"),
     "varlen_attention": ("attention", "varlen_attention_ref", "varlen_attention"),
+    "linear": ("gemv", "linear_ref", "linear"),
+    "rms_norm_linear": ("gemv", "rms_norm_linear_ref", "rms_norm_linear"),
+    "act_and_mul_linear": ("gemv", "act_and_mul_linear_ref", "act_and_mul_linear"),
 }
 
 

@@ -77,3 +77,43 @@ def row_block(n: int) -> int:
 def row_warps(block: int) -> int:
     """Warps for a row-wise kernel over `block` elements."""
     return 1 if block <= 256 else 4 if block <= 2048 else 8 if block <= 8192 else 16
+
+
+@dataclass(frozen=True, slots=True)
+class GemvLaunch:
+    block_n: int  # weight rows per program
+    block_k: int  # columns per loop step
+    num_warps: int
+    num_stages: int
+    late_reduce: bool = False  # sum over K once after the loop (fewer instructions, more registers)
+
+
+# (n, k, block_m = next power of two of m, dtype) -> GEMV launch; filled from tests/bench/gpu_gemv_sweep.py runs
+# on an H100 (its printed dict). Untabled shapes use gemv_heuristic.
+_GEMV: dict[tuple[int, int, int, torch.dtype], GemvLaunch] = {}
+
+_GEMV_SMS = 132  # H100 SXM; enough programs to fill it a couple of times over also fills smaller GPUs
+
+
+def gemv_heuristic(n: int, k: int, m: int, dtype: torch.dtype) -> GemvLaunch:
+    """A launch that streams the weight with 16-byte loads and keeps the (M, BLOCK_N, BLOCK_K) product in registers.
+
+    BLOCK_K covers two 16-byte vectors per lane of a warp; BLOCK_N is what ~64 float32 products per thread allow
+    (32 with one or two rows, which keep a late-reduced accumulator of that size), halved until there are at
+    least two waves of programs.
+    """
+    block_m = 1 << max(0, m - 1).bit_length()
+    itemsize = dtype.itemsize
+    num_warps = 4
+    block_k = min(max(16, 1 << max(0, k - 1).bit_length()), 2 * 32 * (16 // itemsize))
+    late = block_m <= 2
+    block_n = max(1, min(64, (32 if late else 64) * 32 * num_warps // (block_m * block_k)))
+    while block_n > 1 and -(-n // block_n) < 2 * _GEMV_SMS:
+        block_n //= 2
+    return GemvLaunch(block_n, block_k, num_warps, 1, late)  # no tl.dot in the loop: Triton 3.9 ignores num_stages
+
+
+def gemv_launch(n: int, k: int, m: int, dtype: torch.dtype) -> GemvLaunch:
+    """Launch parameters of the small-M GEMV kernel (kernels/gemv.py) for weight (n, k) and m input rows."""
+    hit = _GEMV.get((n, k, 1 << max(0, m - 1).bit_length(), dtype))
+    return hit if hit is not None else gemv_heuristic(n, k, m, dtype)

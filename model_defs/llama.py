@@ -12,7 +12,7 @@ from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
 from llmctl.model_defs.layers.linear import QKVLinear
 from llmctl.model_defs.layers.mlp import GatedMLP
-from llmctl.model_defs.layers.norm import RMSNorm
+from llmctl.model_defs.layers.norm import RMSNorm, norm_then_linear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
 
 
@@ -79,14 +79,14 @@ class LlamaAttention(nn.Module):
             sliding_window=_sliding_window(config, layer_idx, variant),
         )
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden_states)  # (T, (nh + 2 nkv) * hd)
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """qkv (T, (nh + 2 nkv) * hd): qkv_proj's output (the decoder layer runs it fused with its norm)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm:
             q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).reshape(-1, self.q_size)
             k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).reshape(-1, self.kv_size)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, ctx))
+        # The attention layer applies the rope: with a KV cache it rotates q/k and writes k/v in one kernel.
+        return self.o_proj(self.attn(q, k, v, ctx, rope=self.rotary_emb, positions=positions))
 
 
 class LlamaMLP(GatedMLP):
@@ -111,14 +111,13 @@ class LlamaDecoderLayer(nn.Module):
         residual: torch.Tensor | None,
         ctx: ForwardContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual = hidden_states
-            hidden_states = self.input_layernorm(hidden_states)
-        else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(positions, hidden_states, ctx)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        return self.mlp(hidden_states), residual
+        # Each norm runs inside the projection after it (one kernel per pair for decode rows).
+        qkv, residual = norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual)
+        hidden_states = self.self_attn(positions, qkv, ctx)
+        gate_up, residual = norm_then_linear(
+            self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual
+        )
+        return self.mlp.down(gate_up), residual
 
 
 class LlamaModel(nn.Module):

@@ -12,12 +12,16 @@ from llmctl.kernels.dispatch import get_op
 class SiluAndMul(nn.Module):
     """(..., 2*I) -> silu(gate) * up, (..., I)."""
 
+    name = "silu"  # the `act` of the fused kernels (kernels/gemv.py act_and_mul_linear)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return get_op("silu_and_mul", x.device)(x)
 
 
 class GeluTanhAndMul(nn.Module):
     """(..., 2*I) -> gelu_tanh(gate) * up, (..., I)."""
+
+    name = "gelu_tanh"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return get_op("gelu_tanh_and_mul", x.device)(x)

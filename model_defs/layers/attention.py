@@ -7,6 +7,7 @@ from torch import nn
 
 from llmctl.kernels.dispatch import get_op
 from llmctl.model_defs.layers.context import ForwardContext
+from llmctl.model_defs.layers.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -43,8 +44,20 @@ class Attention(nn.Module):
         else:
             self.alibi_slopes = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        ctx: ForwardContext,
+        rope: RotaryEmbedding | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """rope (with positions (T,)): q and k are not rotated yet; with a KV cache one kernel rotates them and
+        writes the cache (q/k rotated in place, so they must not be needed unrotated after), else rope runs first."""
         meta = ctx.attn_metadata
+        if rope is not None and positions is None:
+            raise ValueError("Attention.forward got a rope without positions")
         q = q.reshape(-1, self.num_heads, self.head_dim)  # (T, nh, hd)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)  # (T, nkv, hd)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
@@ -56,10 +69,18 @@ class Attention(nn.Module):
             causal=meta.causal,
         )
         if ctx.kv_caches is None:
+            if rope is not None:
+                q, k = rope(positions, q, k)
             out = get_op("varlen_attention", q.device)(q, k, v, meta.query_start_loc, **options)
         else:
             kv_cache = ctx.kv_caches[self.layer_idx]
-            get_op("write_kv", q.device)(k, v, kv_cache, meta.slot_mapping)
+            if rope is None:
+                get_op("write_kv", q.device)(k, v, kv_cache, meta.slot_mapping)
+            else:
+                get_op("rotary_write_kv", q.device)(
+                    positions, q, k, v, rope.cos_sin_cache_on(q.device), rope.rotary_dim, rope.is_neox_style,
+                    kv_cache, meta.slot_mapping,
+                )
             out = get_op("paged_attention", q.device)(
                 q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, **options
             )

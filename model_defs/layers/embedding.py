@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmctl.kernels.dispatch import get_op
+
 
 class VocabEmbedding(nn.Module):
     """input_ids (T,) -> (T, H)."""
@@ -33,7 +35,7 @@ class LMHead(nn.Module):
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.weight, self.bias)
+        return get_op("linear", hidden.device)(hidden, self.weight, self.bias)  # a GEMV kernel for decode rows
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, {self.weight.shape[1]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.kernels.dispatch import get_op
 from llmctl.model_defs.layers.activation import get_act_and_mul
 from llmctl.model_defs.layers.linear import MergedLinear
 
@@ -19,4 +20,9 @@ class GatedMLP(nn.Module):
         self.act_fn = get_act_and_mul(hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))  # (T, 2I) -> (T, I) -> (T, H)
+        return self.down(self.gate_up_proj(x))
+
+    def down(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """(T, 2I) -> (T, H): the activation and the down projection, one kernel for the few rows of a decode step."""
+        op = get_op("act_and_mul_linear", gate_up.device)
+        return op(gate_up, self.down_proj.weight, self.down_proj.bias, act=self.act_fn.name)

@@ -25,3 +25,14 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def norm_then_linear(
+    norm: RMSNorm, linear: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(linear(norm(x [+ residual])), the residual stream after the add): one kernel for the few rows of a decode
+    step, the norm kernel then the GEMM for larger batches (kernels/gemv.py). With residual None, x starts it."""
+    out, new_residual = get_op("rms_norm_linear", x.device)(
+        x, residual, norm.weight, norm.eps, linear.weight, linear.bias
+    )
+    return out, x if residual is None else new_residual

@@ -66,13 +66,18 @@ class RotaryEmbedding(nn.Module):
         self.cos_sin_cache = self.cos_sin_cache.to(device=target.device)
         return super()._apply(fn, recurse)
 
+    def cos_sin_cache_on(self, device: torch.device) -> torch.Tensor:
+        """The (cache_len, rotary_dim) cache on `device`, for kernels that apply it themselves (rotary_write_kv)."""
+        if self.cos_sin_cache.device != device:  # a module shared by models on two devices follows its caller
+            self.cos_sin_cache = self.cos_sin_cache.to(device)
+        return self.cos_sin_cache
+
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.cos_sin_cache.device != q.device:  # a module shared by models on two devices follows its caller
-            self.cos_sin_cache = self.cos_sin_cache.to(q.device)
         op = dispatch.get_op("apply_rotary", q.device)
-        return op(q, k, positions, self.cos_sin_cache, self.rotary_dim, self.is_neox_style, self.head_size)
+        cos_sin_cache = self.cos_sin_cache_on(q.device)
+        return op(q, k, positions, cos_sin_cache, self.rotary_dim, self.is_neox_style, self.head_size)
 
     def extra_repr(self) -> str:
         return (
