@@ -12,7 +12,13 @@ from llmctl.kernels.rmsnorm import fused_add_rms_norm_ref, rms_norm, rms_norm_re
 from llmctl.kernels.triton_compat import require_triton, tl, triton
 from llmctl.kernels.tuning import GemvLaunch, gemv_launch
 
-GEMV_MAX_M = 8  # rows the GEMV kernel takes; more rows go to the norm/activation kernels + F.linear (cuBLAS)
+GEMV_MAX_M = 8  # rows the GEMV kernel can take (an explicit `launch=` uses it up to here)
+# Rows up to which the ops choose the GEMV over cuBLAS by default: at 4 and 8 rows cuBLAS (tensor cores) won most
+# H100 shapes (kernels/tuning.py's sweep notes); at 1-2 rows the GEMV won every shape.
+GEMV_ROWS = 2
+# The norm prologue re-reads x (and the residual) in every program: past this many weight bytes (Llama-3-8B's qkv
+# 48 MiB, gate_up 224 MiB) the separate norm kernel + GEMV measured faster; below it (Qwen2.5-0.5B) the fused one.
+NORM_PROLOGUE_MAX_BYTES = 32 << 20
 _GEMV_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _PLAIN, _NORM, _SILU, _GELU_TANH = 0, 1, 2, 3  # prologue kinds (the kernel's PROLOGUE)
 _ACTS = {"silu": _SILU, "gelu_tanh": _GELU_TANH}
@@ -179,10 +185,13 @@ def _rows_2d(x: torch.Tensor, width: int) -> torch.Tensor:
     return x2d if x2d.stride(-1) == 1 else x2d.contiguous()
 
 
-def _gemv_fits(rows: int, x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    """True when the GEMV kernel takes this call: few rows, one float dtype everywhere, weight rows contiguous."""
+def _gemv_fits(
+    rows: int, launch: GemvLaunch | None, x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None
+) -> bool:
+    """True when the GEMV kernel takes this call: few rows (GEMV_ROWS, or GEMV_MAX_M with an explicit launch),
+    one float dtype everywhere, weight rows contiguous."""
     return (
-        0 < rows <= GEMV_MAX_M
+        0 < rows <= (GEMV_ROWS if launch is None else GEMV_MAX_M)
         and x.dtype in _GEMV_DTYPES
         and weight.dtype == x.dtype
         and weight.stride(-1) == 1
@@ -205,7 +214,7 @@ def linear(
     k = x.shape[-1]
     _check_linear(k, weight, bias)
     rows = x.numel() // k if k else 0
-    if not _gemv_fits(rows, x, weight, bias):
+    if not _gemv_fits(rows, launch, x, weight, bias):
         return F.linear(x, weight, bias)
     x2d = _rows_2d(x, k)  # (M, K)
     out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=x.dtype, device=x.device)
@@ -233,14 +242,17 @@ def rms_norm_linear(
     x2d = _rows_2d(x, k)  # (M, K)
     r2d = _rows_2d(residual, k) if residual is not None else None
     new_residual = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
-    if not _gemv_fits(rows, x, weight, bias, norm_weight, residual):
+    fuse = _gemv_fits(rows, launch, x, weight, bias, norm_weight, residual) and (
+        launch is not None or weight.numel() * weight.element_size() <= NORM_PROLOGUE_MAX_BYTES
+    )
+    if not fuse:  # the norm kernel, then linear (the GEMV for few rows, else cuBLAS)
         if residual is None:
-            return F.linear(rms_norm(x, norm_weight, eps), weight, bias), None
+            return linear(rms_norm(x, norm_weight, eps), weight, bias), None
         # the in-place fused_add_rms_norm would write the caller's x and residual: launch into new buffers
         h = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, norm_weight.dtype), device=x.device)
         if rows:
             _launch_norm(x2d, r2d, norm_weight.contiguous(), h.view(rows, k), new_residual.view(rows, k), eps)
-        return F.linear(h, weight, bias), new_residual
+        return linear(h, weight, bias), new_residual
     out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=x.dtype, device=x.device)
     _gemv(
         _NORM,
@@ -273,7 +285,7 @@ def act_and_mul_linear(
     inter = gate_up.shape[-1] // 2
     _check_linear(inter, weight, bias)
     rows = gate_up.numel() // (2 * inter) if inter else 0
-    if not _gemv_fits(rows, gate_up, weight, bias):
+    if not _gemv_fits(rows, launch, gate_up, weight, bias):
         h = silu_and_mul(gate_up) if act == "silu" else gelu_tanh_and_mul(gate_up)
         return F.linear(h, weight, bias)
     x2d = _rows_2d(gate_up, 2 * inter)  # (M, 2I)

@@ -18,7 +18,8 @@ class AttnLaunch:
 # (padded head_dim, dtype) -> prefill tile. Larger head dims halve the tile to stay inside shared memory.
 # head_dim 128 swept on an H100 (triton 3.6, bf16, 32/8 heads; 4x1024 causal varlen | 512 new on 2048 paged):
 # (64, 64, 4, 3) 0.133 | 0.067 ms, (128, 64, 8, 3) 0.145 | 0.070, (128, 128, 8, 3) 0.147 | 0.064,
-# (128, 64, 4, 3) 0.216 | 0.114. The other rows are unswept starting points.
+# (128, 64, 4, 3) 0.216 | 0.114 (the kernel before new keys came from k/v: re-sweep with
+# tests/bench/gpu_prefill_sweep.py, which prints the rows to paste). The other rows are unswept starting points.
 _PREFILL: dict[tuple[int, torch.dtype], AttnLaunch] = {
     (64, torch.bfloat16): AttnLaunch(128, 64, 4, 3),
     (64, torch.float16): AttnLaunch(128, 64, 4, 3),
@@ -88,9 +89,31 @@ class GemvLaunch:
     late_reduce: bool = False  # sum over K once after the loop (fewer instructions, more registers)
 
 
-# (n, k, block_m = next power of two of m, dtype) -> GEMV launch; filled from tests/bench/gpu_gemv_sweep.py runs
-# on an H100 (its printed dict). Untabled shapes use gemv_heuristic.
-_GEMV: dict[tuple[int, int, int, torch.dtype], GemvLaunch] = {}
+# (n, k, block_m = next power of two of m, dtype) -> GEMV launch, from `tests/bench/gpu_gemv_sweep.py` on an H100
+# 80GB HBM3 (triton 3.6, 2026-11-27; each time the median with L2 flushed, cuBLAS = F.linear in the same run).
+# At 4 and 8 rows cuBLAS won most shapes (kernels/gemv.py GEMV_MAX_M). Untabled shapes use gemv_heuristic.
+_GEMV: dict[tuple[int, int, int, torch.dtype], GemvLaunch] = {
+    (4096, 14336, 1, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.down 49.1 us, cuBLAS 56.3
+    (28672, 4096, 1, torch.bfloat16): GemvLaunch(8, 512, 4, 1, True),  # llama3-8b.gate_up 88.5 us, cuBLAS 96.1
+    (128256, 4096, 1, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.lm_head 359.0 us, cuBLAS 389.4
+    (4096, 4096, 1, torch.bfloat16): GemvLaunch(4, 512, 4, 1),  # llama3-8b.o 19.6 us, cuBLAS 23.2
+    (6144, 4096, 1, torch.bfloat16): GemvLaunch(16, 1024, 8, 1),  # llama3-8b.qkv 27.7 us, cuBLAS 30.0
+    (896, 4864, 1, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.down 11.2 us, cuBLAS 12.1
+    (9728, 896, 1, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # qwen2.5-0.5b.gate_up 12.1 us, cuBLAS 13.7
+    (151936, 896, 1, torch.bfloat16): GemvLaunch(16, 1024, 8, 1),  # qwen2.5-0.5b.lm_head 96.9 us, cuBLAS 109.6
+    (896, 896, 1, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.o 5.9 us, cuBLAS 8.0
+    (1152, 896, 1, torch.bfloat16): GemvLaunch(4, 512, 4, 1, True),  # qwen2.5-0.5b.qkv 6.3 us, cuBLAS 7.9
+    (4096, 14336, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.down 50.3 us, cuBLAS 56.3
+    (28672, 4096, 2, torch.bfloat16): GemvLaunch(4, 512, 4, 1, True),  # llama3-8b.gate_up 91.0 us, cuBLAS 95.7
+    (128256, 4096, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.lm_head 363.3 us, cuBLAS 387.4
+    (4096, 4096, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.o 20.0 us, cuBLAS 23.2
+    (6144, 4096, 2, torch.bfloat16): GemvLaunch(4, 512, 4, 1, True),  # llama3-8b.qkv 25.8 us, cuBLAS 29.7
+    (896, 4864, 2, torch.bfloat16): GemvLaunch(1, 1024, 4, 1),  # qwen2.5-0.5b.down 11.3 us, cuBLAS 11.8
+    (9728, 896, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # qwen2.5-0.5b.gate_up 12.9 us, cuBLAS 14.4
+    (151936, 896, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # qwen2.5-0.5b.lm_head 100.6 us, cuBLAS 109.5
+    (896, 896, 2, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.o 6.0 us, cuBLAS 7.6
+    (1152, 896, 2, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.qkv 6.4 us, cuBLAS 8.4
+}
 
 _GEMV_SMS = 132  # H100 SXM; enough programs to fill it a couple of times over also fills smaller GPUs
 

@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--prefill", type=int, default=0, help="only profile one prefill of this many tokens")
+    ap.add_argument("--no-eager", action="store_true", help="skip the eager (enforce_eager) side")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ def main() -> None:
     if args.prefill:
         profile_prefill(args.model, args.prefill, args.max_model_len, out)
         return
-    for eager in (False, True):
+    for eager in (False,) if args.no_eager else (False, True):
         tag = "eager" if eager else "graphs"
         t0 = time.perf_counter()
         llm = LLM(args.model, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True, enforce_eager=eager,

@@ -260,3 +260,28 @@ def test_sweep_script_runs_under_the_interpreter(tmp_path, capsys):
     assert all(r["max_abs_err"] < 0.1 for r in rows if r["impl"] == "gemv")  # bf16 outputs of O(1)
     assert {"rms_norm_linear", "act_and_mul_linear", "silu_and_mul+F.linear"} <= {r["impl"] for r in rows}
     assert "_GEMV: dict" in capsys.readouterr().out
+
+
+def test_default_routing_rows_and_norm_prologue_size(device, monkeypatch):
+    """Without an explicit launch: GEMV_ROWS or fewer rows take the GEMV, more take cuBLAS; the norm is fused into
+    the GEMV only for weights up to NORM_PROLOGUE_MAX_BYTES, else the norm kernel runs first."""
+    from llmctl.kernels import gemv
+
+    seen = []
+    real = gemv._gemv
+    monkeypatch.setattr(gemv, "_gemv", lambda prologue, *a, **kw: seen.append(prologue) or real(prologue, *a, **kw))
+    n, k = 33, 64
+    weight, bias = _weights(device, torch.float32, n, k, with_bias=True)
+    linear(torch.randn(gemv.GEMV_ROWS + 1, k, device=device), weight, bias)
+    assert seen == []  # cuBLAS
+    x, res, norm_w = (torch.randn(1, k, device=device) for _ in range(3))
+    norm_w = norm_w[0]
+    expected = rms_norm_linear_ref(x, res, norm_w, 1e-6, weight, bias)
+    fused = rms_norm_linear(x, res, norm_w, 1e-6, weight, bias)
+    assert seen == [gemv._NORM]
+    monkeypatch.setattr(gemv, "NORM_PROLOGUE_MAX_BYTES", weight.numel() * weight.element_size() - 1)
+    split = rms_norm_linear(x, res, norm_w, 1e-6, weight, bias)
+    assert seen == [gemv._NORM, gemv._PLAIN]
+    for got in (fused, split):
+        assert_close(got[0], expected[0], **_tol(expected[0]))
+        assert_close(got[1], expected[1])
