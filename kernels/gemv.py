@@ -53,6 +53,7 @@ def _gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     LATE_REDUCE: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """out (M, N) = prologue(x) @ w.T + bias; w (N, K), bias (N,); grid (cdiv(N, BLOCK_N),).
 
@@ -73,6 +74,10 @@ def _gemv_kernel(
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_x  # (BLOCK_M, 1)
     w_rows = w_ptr + rows_w[:, None].to(tl.int64) * stride_w  # (BLOCK_N, 1)
 
+    # With PREFETCH the next weight tile's load is issued before this tile's products are summed (two tiles in flight
+    # per program: Triton pipelines only loads that feed a tl.dot), and the first tile's load overlaps the norm's pass.
+    if PREFETCH:
+        w_next = tl.load(w_rows + offs_k[None, :], mask=(offs_k < K)[None, :], other=0.0, eviction_policy="evict_first")
     if PROLOGUE == 1:  # first pass: each row's sum of squares over all of K (x is small and L2-resident)
         r_rows = residual_ptr + offs_m[:, None].to(tl.int64) * stride_r
         ro_rows = residual_out_ptr + offs_m[:, None].to(tl.int64) * stride_ro
@@ -99,7 +104,12 @@ def _gemv_kernel(
         kk = k0 + offs_k
         mask_k = kk < K
         mask = mask_m[:, None] & mask_k[None, :]
-        w = tl.load(w_rows + kk[None, :], mask=mask_k[None, :], other=0.0, eviction_policy="evict_first")
+        if PREFETCH:
+            w = w_next
+            kn = kk + BLOCK_K
+            w_next = tl.load(w_rows + kn[None, :], mask=(kn < K)[None, :], other=0.0, eviction_policy="evict_first")
+        else:
+            w = tl.load(w_rows + kk[None, :], mask=mask_k[None, :], other=0.0, eviction_policy="evict_first")
         xv = tl.load(x_rows + kk[None, :], mask=mask, other=0.0)  # (BLOCK_M, BLOCK_K); gate for the activations
         if PROLOGUE == 1:
             if HAS_RESIDUAL:
@@ -174,6 +184,7 @@ def _gemv(
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         LATE_REDUCE=cfg.late_reduce,
+        PREFETCH=cfg.prefetch,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

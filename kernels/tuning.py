@@ -87,6 +87,7 @@ class GemvLaunch:
     num_warps: int
     num_stages: int
     late_reduce: bool = False  # sum over K once after the loop (fewer instructions, more registers)
+    prefetch: bool = True  # load the next weight tile before summing this one (two tiles in flight)
 
 
 # (n, k, block_m = next power of two of m, dtype) -> GEMV launch, from `tests/bench/gpu_gemv_sweep.py` on an H100

@@ -10,7 +10,7 @@ from torch import nn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
-from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.layers.mlp import GatedMLP
 from llmctl.model_defs.layers.norm import RMSNorm, norm_then_linear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
@@ -64,7 +64,7 @@ class LlamaAttention(nn.Module):
         o_bias = attention_bias if variant.o_bias is None else variant.o_bias
 
         self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
         if variant.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)

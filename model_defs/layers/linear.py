@@ -1,13 +1,23 @@
-"""Linear layers whose output stacks several checkpoint tensors (fused qkv, fused gate_up)."""
+"""Linear layers: the dispatched one, and those whose output stacks several checkpoint tensors (qkv, gate_up)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
+from llmctl.kernels.dispatch import get_op
 
-class MergedLinear(nn.Linear):
+
+class Linear(nn.Linear):
+    """nn.Linear through the dispatched `linear` op: the small-M GEMV kernel for decode rows, cuBLAS otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return get_op("linear", x.device)(x, self.weight, self.bias)
+
+
+class MergedLinear(Linear):
     """One nn.Linear whose output rows are the concatenation of named shards, e.g. q|k|v or gate|up.
 
     The loader fills shard `shard_id` of `weight` (and `bias`) from its own checkpoint tensor through

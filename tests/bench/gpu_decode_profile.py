@@ -75,7 +75,13 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--prefill", type=int, default=0, help="only profile one prefill of this many tokens")
     ap.add_argument("--no-eager", action="store_true", help="skip the eager (enforce_eager) side")
+    ap.add_argument("--min-split-keys", type=int, default=None,
+                    help="override kernels/attention_decode.py MIN_SPLIT_KEYS (keys per split of a decode context)")
     args = ap.parse_args()
+    if args.min_split_keys is not None:
+        from llmctl.kernels import attention_decode
+
+        attention_decode.MIN_SPLIT_KEYS = args.min_split_keys
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"device": torch.cuda.get_device_name(), "model": args.model}

@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", help="cuda, or cpu for an interpreter smoke run (with --tiny)")
     p.add_argument("--tiny", action="store_true", help="one small shape, two configs, M in {1, 2}")
     p.add_argument("--stages", type=int, nargs="*", default=[], help="num_stages values to retry the best config with")
+    p.add_argument("--prefetch-ab", action="store_true",
+                   help="only time the tuned launch of every shape (M 1, 2; fused prologues at M 1) with and without "
+                        "the weight-tile prefetch")
     return p.parse_args(argv)
 
 
@@ -122,13 +125,42 @@ class Timer:
 
 def _cfg_dict(cfg) -> dict:
     return dict(block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                late_reduce=cfg.late_reduce)
+                late_reduce=cfg.late_reduce, prefetch=cfg.prefetch)
 
 
 def _cfg(row: dict):
     from llmctl.kernels.tuning import GemvLaunch
 
-    return GemvLaunch(row["block_n"], row["block_k"], row["num_warps"], row["num_stages"], row["late_reduce"])
+    return GemvLaunch(row["block_n"], row["block_k"], row["num_warps"], row["num_stages"], row["late_reduce"],
+                      row.get("prefetch", True))
+
+
+def prefetch_ab(timer, shapes, dtype, device) -> str:
+    """The tuned launch of each shape with and without the prefetch: plain at M 1 and 2, fused prologues at M 1."""
+    import torch
+
+    from llmctl.kernels.gemv import act_and_mul_linear, linear, rms_norm_linear
+    from llmctl.kernels.tuning import gemv_launch
+
+    lines = [f"{'shape':<22} {'op':<20} {'M':>2} {'prefetch us':>11} {'plain us':>9}"]
+    for name, n, k, _ in shapes:
+        weight = (torch.randn(n, k, device=device) / k**0.5).to(dtype)
+        for m in (1, 2):
+            x = torch.randn(m, k, device=device).to(dtype)
+            cases = [("linear", lambda c: linear(x, weight, launch=c))]
+            if m == 1 and name in NORM_SHAPES:
+                res, nw = torch.randn(1, k, device=device).to(dtype), torch.randn(k, device=device).to(dtype)
+                cases.append(("rms_norm_linear", lambda c: rms_norm_linear(x, res, nw, 1e-6, weight, launch=c)))
+            if m == 1 and name in ACT_SHAPES:
+                gate_up = torch.randn(1, 2 * k, device=device).to(dtype)
+                cases.append(("act_and_mul_linear", lambda c: act_and_mul_linear(gate_up, weight, launch=c)))
+            for op, fn in cases:
+                cfg = gemv_launch(n, k, m, dtype)
+                on = timer(lambda: fn(dataclasses.replace(cfg, prefetch=True)))
+                off = timer(lambda: fn(dataclasses.replace(cfg, prefetch=False)))
+                lines.append(f"{name:<22} {op:<20} {m:>2} {on * 1e3:>11.1f} {off * 1e3:>9.1f}")
+        del weight
+    return "\n".join(lines)
 
 
 def sweep_shape(timer, name, n, k, has_bias, m, configs, stage_variants, dtype, device) -> list[dict]:
@@ -243,6 +275,12 @@ def main(argv=None) -> int:
     shapes = TINY_SHAPES if args.tiny else SHAPES
     ms_values = [1, 2] if args.tiny else [1] if args.quick else [1, 2, 4, 8]
     timer = Timer(device, 2 if args.tiny else args.reps)
+    if args.prefetch_ab:
+        text = prefetch_ab(timer, shapes, dtype, device)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gemv_prefetch_ab.txt").write_text(text + "\n")
+        print(text)
+        return 0
     t0 = time.perf_counter()
     rows: list[dict] = []
     for m in ms_values:  # M outer: if the budget runs out, the later (less common) batch sizes get the quick grid

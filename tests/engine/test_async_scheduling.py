@@ -3,6 +3,9 @@ that stop on tokens (their extra in-flight step dropped), seeded sampling, min_t
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from llmctl import LLM, SamplingParams
 
 PROMPTS = [
@@ -14,12 +17,13 @@ PROMPTS = [
     "numbers 12345",
     "Ada",
 ]
-OPTIONS = dict(dtype="float32", device="cpu", max_num_seqs=4, block_size=4, num_kv_blocks=64, max_model_len=48,
-               padded_decode=True)  # fmt: skip
+OPTIONS = dict(max_num_seqs=4, block_size=4, num_kv_blocks=64, max_model_len=48, padded_decode=True)
+DEVICES = [("cpu", "float32"), pytest.param(("cuda", "bfloat16"), marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))]  # fmt: skip
 
 
-def _llm(tiny_llama_dir, overlap: bool) -> LLM:
-    llm = LLM(str(tiny_llama_dir), async_scheduling=overlap, **OPTIONS)
+def _llm(tiny_llama_dir, overlap: bool, device: str = "cpu", dtype: str = "float32") -> LLM:
+    llm = LLM(str(tiny_llama_dir), async_scheduling=overlap, device=device, dtype=dtype, **OPTIONS)
     assert llm.llm_engine.async_scheduling is overlap
     return llm
 
@@ -49,8 +53,10 @@ def _params(stop_tokens: dict[int, int]) -> list[SamplingParams]:
     return params
 
 
-def test_overlapped_steps_match_synchronous(tiny_llama_dir):
-    sync, overlapped = _llm(tiny_llama_dir, False), _llm(tiny_llama_dir, True)
+@pytest.mark.parametrize("device_dtype", DEVICES)
+def test_overlapped_steps_match_synchronous(tiny_llama_dir, device_dtype):
+    # On CUDA both sides replay the same CUDA graphs; only the order of host and device work differs.
+    sync, overlapped = _llm(tiny_llama_dir, False, *device_dtype), _llm(tiny_llama_dir, True, *device_dtype)
     # Stop tokens taken from a first synchronous run, so that some requests stop early on a sampled token.
     first = sync.generate(PROMPTS, _params({}))
     stops = {i: first[i].outputs[0].token_ids[2] for i in (0, 3, 4)}

@@ -24,10 +24,11 @@ SHAPES = [(1, 16), (33, 100), (257, 896), (1000, 1000)]  # (N, K): one row, odd,
 
 def _launch(device, n: int, k: int, m: int, late: bool):
     """The tuned launch on CUDA; under the interpreter wide tiles, whose few programs run fastest there. `late`
-    picks the kernel's reduction: per K step across lanes, or once after the loop."""
+    picks the kernel's reduction: per K step across lanes, or once after the loop; M=2 runs without the prefetch."""
+    prefetch = m != 2  # both ways of streaming the weight tiles
     if device.type == "cuda":
-        return dataclasses.replace(gemv_launch(n, k, m, torch.bfloat16), late_reduce=late)
-    return GemvLaunch(64 if n > 64 else 32, 256, 4, 1, late)
+        return dataclasses.replace(gemv_launch(n, k, m, torch.bfloat16), late_reduce=late, prefetch=prefetch)
+    return GemvLaunch(64 if n > 64 else 32, 256, 4, 1, late, prefetch)
 
 
 def _tol(expected: torch.Tensor) -> dict:
