@@ -75,7 +75,7 @@ def llmctl_attention(
         kv_cache = ctx.kv_caches[_layer_index(module)]
         get_op("write_kv", q.device)(k, v, kv_cache, meta.slot_mapping)
         out = get_op("paged_attention", q.device)(
-            q.contiguous(), kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, **options
+            q.contiguous(), kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, k=k, v=v, **options
         )
     return out.reshape(1, -1, num_heads, head_dim), None  # (1, T, nh, hd)
 

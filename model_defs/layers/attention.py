@@ -81,8 +81,9 @@ class Attention(nn.Module):
                     positions, q, k, v, rope.cos_sin_cache_on(q.device), rope.rotary_dim, rope.is_neox_style,
                     kv_cache, meta.slot_mapping,
                 )
+            # k/v (rotated in place above) hold the batch's new keys: prefill reads them there, not through the cache
             out = get_op("paged_attention", q.device)(
-                q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, **options
+                q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, k=k, v=v, **options
             )
         return out.reshape(-1, self.num_heads * self.head_dim)
 

@@ -12,6 +12,7 @@ from llmctl.kernels.attention import (
     varlen_attention_ref,
 )
 from llmctl.kernels.attention_decode import decode_paged
+from llmctl.kernels.tuning import AttnLaunch
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="too slow for the Triton interpreter")
 
@@ -60,11 +61,36 @@ def _paged_batch(q_lens, seq_lens, nh, nkv, hd, block_size, dtype, device):
     return q, kv_cache, _qsl(q_lens, device), seq_lens_t, block_tables
 
 
-def _check_paged(q_lens, seq_lens, nh, nkv, hd, dtype, device, block_size=16, causal=True, option="plain"):
+def _new_kv(kv_cache, q_lens, seq_lens, block_tables, nh):
+    """The batch's new k/v (T, nkv, hd) gathered from the cache, as strided views of one packed (T, qkv) tensor
+    (like the layer's split of a fused projection), and the (block, slot) pairs they came from."""
+    block_size, nkv, hd = kv_cache.shape[2:]
+    slots = []
+    for i, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens)):
+        for pos in range(seq_len - q_len, seq_len):
+            slots.append((int(block_tables[i, pos // block_size]), pos % block_size))
+    blocks, offsets = (torch.tensor(x, device=kv_cache.device) for x in zip(*slots))
+    qkv = torch.randn(len(slots), (nh + 2 * nkv) * hd, device=kv_cache.device).to(kv_cache.dtype)
+    k = qkv[:, nh * hd : (nh + nkv) * hd].view(-1, nkv, hd)  # (T, nkv, hd), token stride (nh + 2 nkv) hd
+    v = qkv[:, (nh + nkv) * hd :].view(-1, nkv, hd)
+    k.copy_(kv_cache[0, blocks, offsets])
+    v.copy_(kv_cache[1, blocks, offsets])
+    return k, v, (blocks, offsets)
+
+
+def _check_paged(q_lens, seq_lens, nh, nkv, hd, dtype, device, block_size=16, causal=True, option="plain",
+                 new_kv=False, launch=None):
+    """Kernel vs reference. new_kv: the kernel also gets the new tokens' k/v, and their cache slots are poisoned
+    after the reference ran, so any new key read through the block table instead of k/v would show."""
     q, kv_cache, qsl, sl, bt = _paged_batch(q_lens, seq_lens, nh, nkv, hd, block_size, dtype, device)
     opts = _opts(option, nh, device)
     expected = paged_attention_ref(q, kv_cache, qsl, sl, bt, hd**-0.5, causal=causal, **opts)
-    got = paged_attention(q, kv_cache, qsl, sl, bt, hd**-0.5, causal=causal, **opts)
+    if new_kv:
+        k, v, (blocks, offsets) = _new_kv(kv_cache, q_lens, seq_lens, bt, nh)
+        if q.shape[0] != len(seq_lens):  # an all-decode batch (T == num_seqs) still reads the cache
+            kv_cache[:, blocks, offsets] = 50.0
+        opts.update(k=k, v=v)
+    got = paged_attention(q, kv_cache, qsl, sl, bt, hd**-0.5, causal=causal, launch=launch, **opts)
     assert got.shape == expected.shape and got.dtype == expected.dtype
     assert_close(got, expected, **TOL[dtype])
 
@@ -147,6 +173,92 @@ def test_paged_prefill_half_precision_and_page_sizes(device, dtype, block_size):
 def test_paged_prefill_long_llama_shapes(device, dtype):
     _check_paged([1000, 7, 1, 511], [1500, 700, 2048, 511], 32, 8, 128, dtype, device)
     _check_paged([1000, 1], [1200, 4000], 8, 1, 256, dtype, device, option="window")
+
+
+# New keys from k/v (the layer passes the tensors it just wrote to the cache): each case crosses what the kernel
+# splits on: context in the cache vs new rows, tile and page edges, the diagonal of causal tiles.
+NEW_KV_CASES = {
+    "fresh": ([1, 7, 33], [1, 7, 33]),
+    "chunked_shared_block": ([17], [40]),  # context ends mid-block: that block holds old and new tokens
+    "chunked_long_context": ([33, 64], [300, 128]),
+    "mixed_prefill_decode": ([5, 1, 17, 1], [5, 9, 40, 33]),
+    "block_edges": ([16, 17, 1, 2], [16, 33, 32, 17]),
+    "all_decode": ([1, 1], [20, 33]),  # the decode kernel: k/v accepted, cache read
+}
+# Small tiles put several steps on each side of every split; None is the tuned tile (fp32 fallback: 64 x 32).
+SMALL_TILES = {"tuned": None, "16x16": AttnLaunch(16, 16, 4, 1)}
+
+
+@pytest.mark.parametrize("case", list(NEW_KV_CASES))
+@pytest.mark.parametrize("tile", list(SMALL_TILES))
+def test_paged_prefill_new_kv_batches(device, case, tile):
+    q_lens, seq_lens = NEW_KV_CASES[case]
+    _check_paged(q_lens, seq_lens, 2, 1, 32, torch.float32, device, new_kv=True, launch=SMALL_TILES[tile])
+
+
+@pytest.mark.parametrize("q_lens,seq_lens", [([511], [511]), ([1030, 1, 77], [1030, 1500, 600])])
+def test_paged_prefill_new_kv_long(device, q_lens, seq_lens):
+    _check_paged(q_lens, seq_lens, 1, 1, 64, torch.float32, device, new_kv=True)
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_paged_prefill_new_kv_options(device, option, causal):
+    _check_paged([5, 1, 12, 30], [5, 20, 30, 70], 4, 2, 64, torch.float32, device, causal=causal, option=option,
+                 new_kv=True, launch=SMALL_TILES["16x16"])
+
+
+@pytest.mark.parametrize("window", [1, 17, 40])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_windows_across_tiles_and_context(device, window, causal):
+    """Windows narrower and wider than a tile: masked edge steps, unmasked middles, context partly out of reach."""
+    launch = SMALL_TILES["16x16"]
+    q, kv_cache, qsl, sl, bt = _paged_batch([40, 3, 70], [100, 50, 70], 2, 1, 32, 16, torch.float32, device)
+    expected = paged_attention_ref(q, kv_cache, qsl, sl, bt, 0.2, sliding_window=window, causal=causal)
+    k, v, (blocks, offsets) = _new_kv(kv_cache, [40, 3, 70], [100, 50, 70], bt, 2)
+    kv_cache[:, blocks, offsets] = 50.0
+    got = paged_attention(q, kv_cache, qsl, sl, bt, 0.2, sliding_window=window, causal=causal, k=k, v=v, launch=launch)
+    assert_close(got, expected, **TOL[torch.float32])
+    lens = [100, 1, 37]
+    q, kv = torch.randn(sum(lens), 2, 32, device=device), torch.randn(2, sum(lens), 1, 32, device=device)
+    qsl = _qsl(lens, device)
+    expected = varlen_attention_ref(q, kv[0], kv[1], qsl, 0.2, sliding_window=window, causal=causal)
+    got = varlen_attention(q, kv[0], kv[1], qsl, 0.2, sliding_window=window, causal=causal, launch=launch)
+    assert_close(got, expected, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block_size", [8, 32])
+def test_paged_prefill_new_kv_half_precision(device, dtype, block_size):
+    _check_paged([9, 1, 20], [40, 17, 20], 4, 1, 80, dtype, device, block_size=block_size, new_kv=True)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_paged_prefill_new_kv_llama_shapes(device, dtype):
+    _check_paged([2048], [2048], 32, 8, 128, dtype, device, new_kv=True)
+    _check_paged([1024] * 4, [1024] * 4, 32, 8, 128, dtype, device, new_kv=True)
+    _check_paged([512, 1000, 7, 1], [2048, 1000, 700, 2048], 32, 8, 128, dtype, device, new_kv=True)
+    _check_paged([1000, 1], [1200, 4000], 8, 1, 256, dtype, device, option="window", new_kv=True)
+
+
+@cuda_only
+@pytest.mark.parametrize("launch", [AttnLaunch(64, 64, 4, 3), AttnLaunch(128, 64, 8, 3), AttnLaunch(128, 128, 8, 3),
+                                    AttnLaunch(128, 64, 4, 4), AttnLaunch(64, 128, 4, 2)], ids=str)
+def test_paged_prefill_sweep_configs(device, launch):
+    """Every tile the GPU sweep tries gives the right answer (bf16, Llama heads)."""
+    _check_paged([700, 300], [700, 1500], 32, 8, 128, torch.bfloat16, device, new_kv=True, launch=launch)
+
+
+def test_paged_attention_rejects_bad_new_kv(device):
+    q, kv_cache, qsl, sl, bt = _paged_batch([5, 3], [5, 9], 4, 2, 64, 16, torch.float32, device)
+    k, v, _ = _new_kv(kv_cache, [5, 3], [5, 9], bt, 4)
+    with pytest.raises(ValueError, match="both"):
+        paged_attention(q, kv_cache, qsl, sl, bt, 0.1, k=k)
+    with pytest.raises(ValueError, match="tokens"):
+        paged_attention(q, kv_cache, qsl, sl, bt, 0.1, k=k[:-1], v=v[:-1])
+    with pytest.raises(TypeError, match="share"):
+        paged_attention(q, kv_cache, qsl, sl, bt, 0.1, k=k.double(), v=v.double())
 
 
 # Decode: one new token per sequence (T == num_seqs) goes through the split-KV kernel.
