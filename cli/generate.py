@@ -57,7 +57,7 @@ def generate(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     max_model_len: MaxModelLenOpt = None,
-    max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Most sequences decoded together (default: the number of prompts, at most 256).", show_default=False)] = None,
+    max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Most sequences decoded together (default: the number of prompts, up to the engine's default: 512 on GPUs of 70 GiB or more, else 256).", show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
     model_impl: ModelImplOpt = ModelImpl.auto,
     enforce_eager: EnforceEagerOpt = False,
@@ -85,7 +85,7 @@ def generate(
     settings = load_settings()
     llm = _load(
         model or settings.default_model, settings, dtype=dtype or settings.dtype, device=device or settings.device,
-        max_model_len=max_model_len, max_num_seqs=max_num_seqs or min(256, max(1, len(items))),
+        max_model_len=max_model_len, max_num_seqs=max_num_seqs or (max(1, len(items)) if len(items) < 256 else None),
         trust_remote_code=trust_remote_code,
         model_impl=model_impl.value, enforce_eager=enforce_eager, revision=revision, source=source_value(source),
     )

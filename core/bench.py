@@ -59,7 +59,7 @@ class BenchConfig:
     repeats: int = 5
     seed: int = 0
     kv_cache_memory: int | None = None  # bytes of KV cache on any device (the engine's default when None)
-    max_num_seqs: int | None = None  # llmctl's engine; None: max(256, batch_size)
+    max_num_seqs: int | None = None  # llmctl's engine; None: max(the engine's default, batch_size)
     handover: str = "cpu"  # how --against hands transformers' weights to llmctl: "cpu" | "device" | "none"
     embed_min_len: int = 16  # embedding models: input lengths uniform in [embed_min_len, embed_max_len]
     embed_max_len: int = 512
@@ -205,6 +205,7 @@ def _params(n: int):
 
 def build_llmctl(cfg: BenchConfig, path: Path, device, state: dict | None, log: Callable[[str], None]):
     """Construct the LLM (timed); when `state` holds transformers' tensors, copy them over its weights (untimed)."""
+    from llmctl.core.engine.engine import default_max_num_seqs
     from llmctl.core.engine.llm import LLM
     from llmctl.core.engine.loader import load_weights
 
@@ -213,7 +214,7 @@ def build_llmctl(cfg: BenchConfig, path: Path, device, state: dict | None, log: 
     llm = LLM(
         str(path), dtype=cfg.dtype, device=device, skip_tokenizer_init=True, seed=cfg.seed,
         load_format="dummy" if cfg.random_weights else "auto",
-        max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs or max(256, cfg.generate_batch_size),
+        max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs or max(default_max_num_seqs(device), cfg.generate_batch_size),
         enforce_eager=cfg.enforce_eager,
         **({"kv_cache_memory": cfg.kv_cache_memory} if cfg.kv_cache_memory else {}),
     )

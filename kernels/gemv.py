@@ -158,7 +158,8 @@ def _gemv(
     """Launch _gemv_kernel on 2-D views (x2d rows, out (M, N)); launch overrides the tuned parameters."""
     m, n = out.shape
     k = weight.shape[1]
-    cfg = launch if launch is not None else gemv_launch(n, k, m, weight.dtype)
+    kind = "plain" if prologue == _PLAIN else "norm" if prologue == _NORM else "act"
+    cfg = launch if launch is not None else gemv_launch(n, k, m, weight.dtype, kind)
     has_res = residual is not None
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x2d,

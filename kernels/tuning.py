@@ -16,15 +16,16 @@ class AttnLaunch:
 
 
 # (padded head_dim, dtype) -> prefill tile. Larger head dims halve the tile to stay inside shared memory.
-# head_dim 128 swept on an H100 (triton 3.6, bf16, 32/8 heads; 4x1024 causal varlen | 512 new on 2048 paged):
-# (64, 64, 4, 3) 0.133 | 0.067 ms, (128, 64, 8, 3) 0.145 | 0.070, (128, 128, 8, 3) 0.147 | 0.064,
-# (128, 64, 4, 3) 0.216 | 0.114 (the kernel before new keys came from k/v: re-sweep with
-# tests/bench/gpu_prefill_sweep.py, which prints the rows to paste). The other rows are unswept starting points.
+# head_dim 128 swept on an H100 80GB HBM3 (triton 3.6, bf16, 32/8 heads, new keys read from k/v;
+# `tests/bench/gpu_prefill_sweep.py`, 2026-11-27), ms for 1 x 2048 fresh | 4 x 1024 fresh | 512 new on 1536 cached:
+# (128, 64, 8, 3) 0.108 | 0.139 | 0.067 (best in all), (64, 64, 4, 3) 0.112 | 0.144 | 0.063,
+# (128, 32, 4, 3) 0.110 | 0.134 | 0.101, (128, 128, 8, 3) 0.121 | 0.163 | 0.062; torch SDPA 0.088 | 0.090 | 0.069.
+# The fp16 row takes the bf16 tile; the other rows are unswept starting points.
 _PREFILL: dict[tuple[int, torch.dtype], AttnLaunch] = {
     (64, torch.bfloat16): AttnLaunch(128, 64, 4, 3),
     (64, torch.float16): AttnLaunch(128, 64, 4, 3),
-    (128, torch.bfloat16): AttnLaunch(64, 64, 4, 3),
-    (128, torch.float16): AttnLaunch(64, 64, 4, 3),
+    (128, torch.bfloat16): AttnLaunch(128, 64, 8, 3),
+    (128, torch.float16): AttnLaunch(128, 64, 8, 3),
     (256, torch.bfloat16): AttnLaunch(64, 32, 8, 2),
     (256, torch.float16): AttnLaunch(64, 32, 8, 2),
 }
@@ -90,30 +91,42 @@ class GemvLaunch:
     prefetch: bool = True  # load the next weight tile before summing this one (two tiles in flight)
 
 
-# (n, k, block_m = next power of two of m, dtype) -> GEMV launch, from `tests/bench/gpu_gemv_sweep.py` on an H100
-# 80GB HBM3 (triton 3.6, 2026-11-27; each time the median with L2 flushed, cuBLAS = F.linear in the same run).
-# At 4 and 8 rows cuBLAS won most shapes (kernels/gemv.py GEMV_MAX_M). Untabled shapes use gemv_heuristic.
-_GEMV: dict[tuple[int, int, int, torch.dtype], GemvLaunch] = {
-    (4096, 14336, 1, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.down 49.1 us, cuBLAS 56.3
-    (28672, 4096, 1, torch.bfloat16): GemvLaunch(8, 512, 4, 1, True),  # llama3-8b.gate_up 88.5 us, cuBLAS 96.1
-    (128256, 4096, 1, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.lm_head 359.0 us, cuBLAS 389.4
-    (4096, 4096, 1, torch.bfloat16): GemvLaunch(4, 512, 4, 1),  # llama3-8b.o 19.6 us, cuBLAS 23.2
-    (6144, 4096, 1, torch.bfloat16): GemvLaunch(16, 1024, 8, 1),  # llama3-8b.qkv 27.7 us, cuBLAS 30.0
-    (896, 4864, 1, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.down 11.2 us, cuBLAS 12.1
-    (9728, 896, 1, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # qwen2.5-0.5b.gate_up 12.1 us, cuBLAS 13.7
-    (151936, 896, 1, torch.bfloat16): GemvLaunch(16, 1024, 8, 1),  # qwen2.5-0.5b.lm_head 96.9 us, cuBLAS 109.6
-    (896, 896, 1, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.o 5.9 us, cuBLAS 8.0
-    (1152, 896, 1, torch.bfloat16): GemvLaunch(4, 512, 4, 1, True),  # qwen2.5-0.5b.qkv 6.3 us, cuBLAS 7.9
-    (4096, 14336, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.down 50.3 us, cuBLAS 56.3
-    (28672, 4096, 2, torch.bfloat16): GemvLaunch(4, 512, 4, 1, True),  # llama3-8b.gate_up 91.0 us, cuBLAS 95.7
-    (128256, 4096, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.lm_head 363.3 us, cuBLAS 387.4
-    (4096, 4096, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # llama3-8b.o 20.0 us, cuBLAS 23.2
-    (6144, 4096, 2, torch.bfloat16): GemvLaunch(4, 512, 4, 1, True),  # llama3-8b.qkv 25.8 us, cuBLAS 29.7
-    (896, 4864, 2, torch.bfloat16): GemvLaunch(1, 1024, 4, 1),  # qwen2.5-0.5b.down 11.3 us, cuBLAS 11.8
-    (9728, 896, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # qwen2.5-0.5b.gate_up 12.9 us, cuBLAS 14.4
-    (151936, 896, 2, torch.bfloat16): GemvLaunch(4, 1024, 4, 1),  # qwen2.5-0.5b.lm_head 100.6 us, cuBLAS 109.5
-    (896, 896, 2, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.o 6.0 us, cuBLAS 7.6
-    (1152, 896, 2, torch.bfloat16): GemvLaunch(2, 1024, 4, 1),  # qwen2.5-0.5b.qkv 6.4 us, cuBLAS 8.4
+# (n, k, block_m = next power of two of m, dtype, prologue) -> GEMV launch; prologue "plain", "norm" (rms_norm_linear)
+# or "act" (act_and_mul_linear), falling back to the plain entry. One-row entries: `tests/bench/gpu_gemv_graph.py` on
+# an H100 80GB HBM3 (triton 3.6, 2026-11-27): calls back to back in a CUDA graph, weights cycled past the L2; us per
+# call beside cuBLAS (F.linear) in the same run. Two-row entries: `tests/bench/gpu_gemv_sweep.py` (L2 flushed per
+# call, so its times include a launch each). At 4 and 8 rows cuBLAS won most shapes (kernels/gemv.py GEMV_ROWS).
+# Untabled shapes use gemv_heuristic.
+_B = torch.bfloat16
+_GEMV: dict[tuple[int, int, int, torch.dtype, str], GemvLaunch] = {
+    # Llama-3-8B
+    (6144, 4096, 1, _B, "plain"): GemvLaunch(16, 1024, 8, 1, prefetch=False),  # qkv 20.5 us, cuBLAS 20.6
+    (6144, 4096, 1, _B, "norm"): GemvLaunch(16, 1024, 8, 1, prefetch=False),  # 22.8 us; norm kernel + cuBLAS 23.4
+    (4096, 4096, 1, _B, "plain"): GemvLaunch(4, 512, 4, 1),  # o 15.3 us, cuBLAS 15.7
+    (28672, 4096, 1, _B, "plain"): GemvLaunch(8, 512, 4, 1, True, prefetch=False),  # gate_up 78.9 us, cuBLAS 93.7
+    (4096, 14336, 1, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # down 41.8 us, cuBLAS 44.0
+    (4096, 14336, 1, _B, "act"): GemvLaunch(4, 1024, 4, 1),  # 42.6 us; act kernel + cuBLAS 45.9
+    (128256, 4096, 1, _B, "plain"): GemvLaunch(2, 1024, 4, 1),  # lm_head 335.0 us, cuBLAS 428.9
+    # Qwen2.5-0.5B
+    (1152, 896, 1, _B, "plain"): GemvLaunch(2, 512, 4, 1, True),  # qkv 3.0 us, cuBLAS 4.3
+    (1152, 896, 1, _B, "norm"): GemvLaunch(4, 512, 4, 1, True),  # 3.9 us; norm kernel + cuBLAS 6.0
+    (896, 896, 1, _B, "plain"): GemvLaunch(2, 1024, 4, 1, prefetch=False),  # o 2.7 us, cuBLAS 4.2
+    (9728, 896, 1, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # gate_up 8.3 us, cuBLAS 8.6
+    (9728, 896, 1, _B, "norm"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # 9.3 us; norm kernel + cuBLAS 10.3
+    (896, 4864, 1, _B, "plain"): GemvLaunch(1, 1024, 4, 1),  # down 5.6 us, cuBLAS 7.6
+    (896, 4864, 1, _B, "act"): GemvLaunch(4, 1024, 4, 1),  # 7.9 us; act kernel + cuBLAS 9.1
+    (151936, 896, 1, _B, "plain"): GemvLaunch(16, 1024, 8, 1, prefetch=False),  # lm_head 91.9 us, cuBLAS 109.5
+    # two rows (us with a launch each; cuBLAS likewise)
+    (6144, 4096, 2, _B, "plain"): GemvLaunch(4, 512, 4, 1, True, prefetch=False),  # 25.8 us, cuBLAS 29.7
+    (4096, 4096, 2, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # 20.0 us, cuBLAS 23.2
+    (28672, 4096, 2, _B, "plain"): GemvLaunch(4, 512, 4, 1, True, prefetch=False),  # 91.0 us, cuBLAS 95.7
+    (4096, 14336, 2, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # 50.3 us, cuBLAS 56.3
+    (128256, 4096, 2, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # 363.3 us, cuBLAS 387.4
+    (1152, 896, 2, _B, "plain"): GemvLaunch(2, 1024, 4, 1, prefetch=False),  # 6.4 us, cuBLAS 8.4
+    (896, 896, 2, _B, "plain"): GemvLaunch(2, 1024, 4, 1, prefetch=False),  # 6.0 us, cuBLAS 7.6
+    (9728, 896, 2, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # 12.9 us, cuBLAS 14.4
+    (896, 4864, 2, _B, "plain"): GemvLaunch(1, 1024, 4, 1, prefetch=False),  # 11.3 us, cuBLAS 11.8
+    (151936, 896, 2, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # 100.6 us, cuBLAS 109.5
 }
 
 _GEMV_SMS = 132  # H100 SXM; enough programs to fill it a couple of times over also fills smaller GPUs
@@ -137,7 +150,9 @@ def gemv_heuristic(n: int, k: int, m: int, dtype: torch.dtype) -> GemvLaunch:
     return GemvLaunch(block_n, block_k, num_warps, 1, late)  # no tl.dot in the loop: Triton 3.9 ignores num_stages
 
 
-def gemv_launch(n: int, k: int, m: int, dtype: torch.dtype) -> GemvLaunch:
-    """Launch parameters of the small-M GEMV kernel (kernels/gemv.py) for weight (n, k) and m input rows."""
-    hit = _GEMV.get((n, k, 1 << max(0, m - 1).bit_length(), dtype))
+def gemv_launch(n: int, k: int, m: int, dtype: torch.dtype, prologue: str = "plain") -> GemvLaunch:
+    """Launch parameters of the small-M GEMV kernel (kernels/gemv.py) for weight (n, k), m input rows and the kernel's
+    prologue ("plain", "norm", "act")."""
+    block_m = 1 << max(0, m - 1).bit_length()
+    hit = _GEMV.get((n, k, block_m, dtype, prologue)) or _GEMV.get((n, k, block_m, dtype, "plain"))
     return hit if hit is not None else gemv_heuristic(n, k, m, dtype)

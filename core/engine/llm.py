@@ -49,6 +49,7 @@ class LLM:
     max_num_batched_tokens (default max(8192 on CUDA / 2048 on CPU, max_num_seqs)), block_size (16), kv_cache_memory (bytes
     of KV cache on any device; default on CPU 1 GiB, on CUDA what gpu_memory_utilization leaves; capped
     at what max_num_seqs sequences of max_model_len need), num_kv_blocks (fixes the block count),
+    max_num_seqs defaults to 512 on GPUs of 70 GiB or more, else 256 (core/engine/engine.py default_max_num_seqs).
     padded_decode (decode steps at bucketed batch sizes on static inputs; default: on for CUDA only),
     async_scheduling (queue decode step n + 1 before reading step n's tokens back; default: with padded_decode).
     On CUDA, decode steps replay CUDA graphs captured at start-up for bucketed batch sizes; enforce_eager=True
@@ -70,7 +71,7 @@ class LLM:
         load_format: str = "auto",
         skip_tokenizer_init: bool = False,
         gpu_memory_utilization: float = 0.9,
-        max_num_seqs: int = 256,
+        max_num_seqs: int | None = None,
         revision: str | None = None,
         tokenizer_revision: str | None = None,
         tensor_parallel_size: int = 1,

@@ -243,7 +243,7 @@ def report(rows: list[dict]) -> str:
         cfg_s = f"({cfg.block_n}, {cfg.block_k}, {cfg.num_warps}, {cfg.num_stages}{', True' if cfg.late_reduce else ''})"
         lines.append(f"{shape:<22} {m:>2} {cfg_s:<22} {best['ms'] * 1e3:>8.1f} {best['gbps']:>7.0f} "
                      f"{cublas['ms'] * 1e3:>9.1f} {cublas['ms'] / best['ms']:>5.2f}x")
-        table.append(f"    ({best['n']}, {best['k']}, {m}, torch.bfloat16): GemvLaunch{cfg_s},  # {shape}: "
+        table.append(f"    ({best['n']}, {best['k']}, {m}, torch.bfloat16, \"plain\"): GemvLaunch{cfg_s},  # {shape}: "
                      f"{best['ms'] * 1e3:.1f} us, {best['gbps']:.0f} GB/s; cuBLAS {cublas['ms'] * 1e3:.1f} us")
     best_fused: dict[tuple[str, str], dict] = {}
     for r in rows:

@@ -260,3 +260,16 @@ def test_default_max_model_len_shrinks_to_the_kv_cache(tiny_llama_dir):
     outs = small.generate([{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [5] * 5}], SamplingParams(max_tokens=9))
     assert len(outs[0].outputs[0].token_ids) == 2 and outs[0].outputs[0].finish_reason == "length"
     assert outs[1].error is not None
+
+
+def test_default_max_num_seqs_by_device(monkeypatch):
+    """256 sequences at most unless told; 512 on a CUDA card of 70 GiB or more."""
+    from types import SimpleNamespace
+
+    from llmctl.core.engine import engine
+
+    assert engine.default_max_num_seqs(torch.device("cpu")) == 256
+    for gib, want in ((80, 512), (40, 256)):
+        props = SimpleNamespace(total_memory=gib << 30)
+        monkeypatch.setattr(engine.torch.cuda, "get_device_properties", lambda device, props=props: props)
+        assert engine.default_max_num_seqs(torch.device("cuda")) == want

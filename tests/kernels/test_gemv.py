@@ -221,8 +221,12 @@ def test_gemv_launch_prefers_the_table(monkeypatch):
     from llmctl.kernels import tuning
 
     tabled = GemvLaunch(8, 512, 8, 2)
-    monkeypatch.setattr(tuning, "_GEMV", {(4096, 4096, 4, torch.bfloat16): tabled})
+    norm = dataclasses.replace(tabled, prefetch=not tabled.prefetch)
+    monkeypatch.setattr(tuning, "_GEMV", {(4096, 4096, 4, torch.bfloat16, "plain"): tabled,
+                                          (4096, 4096, 4, torch.bfloat16, "norm"): norm})  # fmt: skip
     assert gemv_launch(4096, 4096, 3, torch.bfloat16) == tabled  # m=3 runs with BLOCK_M 4
+    assert gemv_launch(4096, 4096, 3, torch.bfloat16, "norm") == norm  # the prologue's own entry
+    assert gemv_launch(4096, 4096, 3, torch.bfloat16, "act") == tabled  # none: the plain entry
     assert gemv_launch(4096, 4096, 1, torch.bfloat16) == gemv_heuristic(4096, 4096, 1, torch.bfloat16)
 
 
