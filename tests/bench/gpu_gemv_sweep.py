@@ -255,7 +255,7 @@ def report(rows: list[dict]) -> str:
         for r in best_fused.values():
             cfg = f"({r['block_n']}, {r['block_k']}, {r['num_warps']}, late={r['late_reduce']})" if "block_n" in r else ""
             lines.append(f"  {r['shape']:<22} {r['impl']:<30} {r['ms'] * 1e3:>8.1f} us  {cfg}")
-    lines += ["", "_GEMV: dict[tuple[int, int, int, torch.dtype], GemvLaunch] = {", *table, "}"]
+    lines += ["", "_GEMV: dict[tuple[int, int, int, torch.dtype, str], GemvLaunch] = {", *table, "}"]
     return "\n".join(lines)
 
 
