@@ -41,6 +41,38 @@ def decode_rate(llm: LLM, batch: int, input_len: int, output_len: int) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
+def trace_gaps(trace_path: Path, top: int = 12) -> str:
+    """Where the GPU sat idle in a torch-profiler chrome trace: its busy time, the span from the first kernel to the
+    last, and the longest gaps with the kernel that ended each, how long after its launch call it started (a short
+    lag: the GPU was waiting for the host) and the CPU op that launched it."""
+    events = json.loads(trace_path.read_text())["traceEvents"]
+    gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
+    if not gpu:
+        return "no GPU events in the trace"
+    launches = {e["args"].get("correlation"): e for e in events if e.get("cat") == "cuda_runtime" and "args" in e}
+    cpu_ops = sorted((e for e in events if e.get("cat") in ("cpu_op", "python_function") and "dur" in e),
+                     key=lambda e: e["ts"])  # fmt: skip
+
+    def launcher(ts: float) -> str:
+        inner = [e for e in cpu_ops if e["ts"] <= ts <= e["ts"] + e["dur"]]
+        return min(inner, key=lambda e: e["dur"])["name"][:60] if inner else "?"
+
+    busy = sum(e["dur"] for e in gpu)
+    span = gpu[-1]["ts"] + gpu[-1]["dur"] - gpu[0]["ts"]
+    gaps = []
+    for prev, nxt in zip(gpu, gpu[1:]):
+        gap = nxt["ts"] - (prev["ts"] + prev["dur"])
+        if gap > 0:
+            gaps.append((gap, prev, nxt))
+    lines = [f"GPU busy {busy / 1e3:.2f} ms over a {span / 1e3:.2f} ms span; idle {sum(g for g, _, _ in gaps) / 1e3:.2f} "
+             f"ms in {len(gaps)} gaps ({sum(g for g, _, _ in gaps if g > 20) / 1e3:.2f} ms in gaps over 20 us)"]
+    for gap, prev, nxt in sorted(gaps, key=lambda t: -t[0])[:top]:
+        launch = launches.get(nxt.get("args", {}).get("correlation"))
+        lag = f"{nxt['ts'] - launch['ts']:.0f} us after its launch by {launcher(launch['ts'])}" if launch else "?"
+        lines.append(f"  {gap:8.1f} us before {nxt['name'][:50]} (after {prev['name'][:40]}): started {lag}")
+    return "\n".join(lines)
+
+
 def profile_prefill(model: str, n: int, max_model_len: int, out: Path) -> None:
     """Wall time of one n-token prefill (the time to first token) and a torch-profiler table of its kernels."""
     from torch.profiler import ProfilerActivity, profile
@@ -56,13 +88,15 @@ def profile_prefill(model: str, n: int, max_model_len: int, out: Path) -> None:
         llm.generate([prompt], params, use_tqdm=False)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as p:
         llm.generate([prompt], params, use_tqdm=False)
-    p.export_chrome_trace(str(out / f"prefill{n}_trace.json"))
+    trace = out / f"prefill{n}_trace.json"
+    p.export_chrome_trace(str(trace))
     table = p.key_averages().table(sort_by="cuda_time_total", row_limit=30)
     wall = sorted(times[1:])[len(times[1:]) // 2]
-    (out / f"prefill{n}_profile.txt").write_text(f"median wall {wall * 1e3:.2f} ms over 5 runs\n{table}")
-    print(f"prefill {n}: median {wall * 1e3:.2f} ms", flush=True)
+    gaps = trace_gaps(trace)
+    (out / f"prefill{n}_profile.txt").write_text(f"median wall {wall * 1e3:.2f} ms over 5 runs\n{gaps}\n{table}")
+    print(f"prefill {n}: median {wall * 1e3:.2f} ms\n{gaps}", flush=True)
 
 
 def main() -> None:
