@@ -33,6 +33,7 @@ def _attn_decode_kernel(
     o_ptr,
     part_o_ptr,
     part_ml_ptr,
+    count_ptr,
     query_start_loc_ptr,
     seq_lens_ptr,
     block_tables_ptr,
@@ -74,8 +75,10 @@ def _attn_decode_kernel(
     Each program takes one kv head's group of query heads (GQA: every K/V tile is loaded once for the whole
     group) over 1/num_splits of the sequence's context. q, o (num_seqs, nh, hd); k/v (num_blocks, PAGE_SIZE,
     nkv, hd). With several splits (SPLIT) the normalised partial outputs go to part_o (num_seqs, nh, num_splits,
-    BLOCK_D) and (max, sum) to part_ml (num_seqs, nh, num_splits, 2) for _attn_decode_reduce_kernel. num_splits is a
-    runtime value, so CUDA graphs of different batch sizes share one compiled kernel.
+    BLOCK_D) and (max, sum) to part_ml (num_seqs, nh, num_splits, 2); each split then counts itself done in
+    count (num_seqs, nkv) int32, and the last one to finish merges the partials into o and sets the count back to 0
+    (no second kernel: at batch 1 its launch cost as much as the merge). num_splits is a runtime value, so CUDA
+    graphs of different batch sizes share one compiled kernel.
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -135,56 +138,35 @@ def _attn_decode_kernel(
         o_off = q_start.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=qd_mask)
     else:
-        part = (seq.to(tl.int64) * num_heads + heads) * num_splits + split  # (BLOCK_G,); layout by grid size
+        first = (seq.to(tl.int64) * num_heads + heads) * num_splits  # (BLOCK_G,): split 0 of each head
+        part = first + split  # layout by grid size
         tl.store(part_o_ptr + part[:, None] * BLOCK_D + offs_d[None, :], out, mask=qd_mask)
         tl.store(part_ml_ptr + part * 2, m_i, mask=g_mask)
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_mask)
-
-
-@triton.jit(do_not_specialize=["num_splits", "window"])
-def _attn_decode_reduce_kernel(
-    # pointers
-    part_o_ptr,
-    part_ml_ptr,
-    o_ptr,
-    query_start_loc_ptr,
-    seq_lens_ptr,
-    num_splits,
-    window,
-    # strides
-    stride_ot,
-    stride_oh,
-    # meta-parameters
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIN_TILES: tl.constexpr,
-    USE_WINDOW: tl.constexpr,
-):
-    """Merge the active (<= num_splits <= BLOCK_S) partial softmaxes of one (sequence, head); grid (num_seqs, heads).
-
-    With one active split the decode kernel already wrote the output: nothing to do.
-    """
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    q_start = tl.load(query_start_loc_ptr + seq)
-    if tl.load(query_start_loc_ptr + seq + 1) == q_start:
-        return
-    _, active = _active_splits(tl.load(seq_lens_ptr + seq), window, num_splits, USE_WINDOW, BLOCK_N, MIN_TILES)
-    if active == 1:
-        return
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < active
-    part = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_splits + offs_s  # (BLOCK_S,)
-    m = tl.load(part_ml_ptr + part * 2, mask=s_mask, other=-1.0e30)
-    l = tl.load(part_ml_ptr + part * 2 + 1, mask=s_mask, other=0.0)
-    o = tl.load(part_o_ptr + part[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0)
-    w = l * tl.exp2((m - tl.max(m, 0)) * 1.4426950408889634)  # each split's share of the softmax mass
-    out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)
-    tl.store(o_ptr + q_start.to(tl.int64) * stride_ot + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
+        # Count this split done (release: after every thread's stores); the last one merges (acquire).
+        tl.debug_barrier()
+        counter = count_ptr + seq * tl.num_programs(1) + kv_head
+        done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if done == active - 1:
+            tl.debug_barrier()
+            m_run = tl.full([BLOCK_G], -1.0e30, tl.float32)
+            w_sum = tl.zeros([BLOCK_G], tl.float32)
+            merged = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+            for s in range(0, active):  # running merge of the splits' softmaxes (".cg": not from this SM's L1)
+                m_s = tl.load(part_ml_ptr + (first + s) * 2, mask=g_mask, other=-1.0e30, cache_modifier=".cg")
+                l_s = tl.load(part_ml_ptr + (first + s) * 2 + 1, mask=g_mask, other=0.0, cache_modifier=".cg")
+                o_s = tl.load(part_o_ptr + (first + s)[:, None] * BLOCK_D + offs_d[None, :], mask=qd_mask, other=0.0,
+                              cache_modifier=".cg")
+                m_new = tl.maximum(m_run, m_s)
+                alpha = tl.exp2((m_run - m_new) * 1.4426950408889634)
+                w_s = l_s * tl.exp2((m_s - m_new) * 1.4426950408889634)  # this split's share of the softmax mass
+                merged = merged * alpha[:, None] + w_s[:, None] * o_s
+                w_sum = w_sum * alpha + w_s
+                m_run = m_new
+            final = merged / tl.where(w_sum == 0.0, 1.0, w_sum)[:, None]
+            o_off = q_start.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+            tl.store(o_ptr + o_off, final.to(o_ptr.dtype.element_ty), mask=qd_mask)
+            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next step (and graph replay)
 
 
 # A split of the context holds at least this many keys (fewer splits for short contexts). 64 (one tile) measured
@@ -193,9 +175,23 @@ def _attn_decode_reduce_kernel(
 MIN_SPLIT_KEYS = 64
 
 
+_COUNTERS: dict[torch.device, torch.Tensor] = {}  # per device: the splits' done-counts, all 0 between launches
+
+
+def _split_counters(n: int, device: torch.device) -> torch.Tensor:
+    """At least n int32 zeros that stay allocated (CUDA graphs replay kernels that point at them); every launch leaves
+    them at 0 again. Grown outside graph capture only (capture warms up each shape first)."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("decode split counters must grow before CUDA-graph capture (run the shape eagerly first)")
+        buf = _COUNTERS[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return buf
+
+
 def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts: dict, num_splits: int | None = None,
                  min_tiles: int | None = None):
-    """Launch the split-KV decode kernel (and its reduction when the grid has several splits).
+    """Launch the split-KV decode kernel (its last split of each sequence and kv head merges the partials).
 
     num_splits sizes the grid (default: from the block table's capacity); each sequence uses as many of them as its
     context fills with min_tiles key tiles apiece (default: MIN_SPLIT_KEYS keys).
@@ -207,28 +203,24 @@ def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts
     if num_splits is None:  # sized from the block table's capacity: no device sync, so CUDA graphs can capture it
         num_splits = decode_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * page_size, cfg.block_n, q.device)
     if not 1 <= num_splits <= 64:
-        raise ValueError(f"num_splits must be in 1..64 (the reduction's widest tile), got {num_splits}")
+        raise ValueError(f"num_splits must be in 1..64, got {num_splits}")
     group = num_heads // num_kv_heads
     min_tiles = max(1, MIN_SPLIT_KEYS // cfg.block_n) if min_tiles is None else min_tiles
     k, v = kv_cache[0], kv_cache[1]
     part_o = part_ml = out
+    counts = seq_lens
     if num_splits > 1:
         part_o = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=q.device)
+        counts = _split_counters(num_seqs * num_kv_heads, q.device)
     _attn_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k, v, out, part_o, part_ml, query_start_loc, seq_lens, block_tables, opts["alibi"],
+        q, k, v, out, part_o, part_ml, counts, query_start_loc, seq_lens, block_tables, opts["alibi"],
         group, num_splits, opts["scale"], opts["softcap"], opts["window"],
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *k.stride()[:3], *v.stride()[:3],
         block_tables.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         PAGE_SIZE=page_size, SPLIT=num_splits > 1, MIN_TILES=min_tiles, **opts["meta"], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if num_splits > 1:
-        _attn_decode_reduce_kernel[(num_seqs, num_heads)](
-            part_o, part_ml, out, query_start_loc, seq_lens, num_splits, opts["window"], out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=16 if num_splits <= 16 else 64, BLOCK_N=cfg.block_n,
-            MIN_TILES=min_tiles, USE_WINDOW=opts["meta"]["USE_WINDOW"], num_warps=4,
-        )
 
 
 def decode_paged_ref(
