@@ -153,9 +153,9 @@ class ModelRunner:
                 rows = [i for i, seq in enumerate(previous.seqs) if id(seq) in keep]
                 input_ids = previous.tokens[host_to_device(rows, previous.tokens.device)]
         hidden = self.decode.run(seqs, input_ids)
-        logits = self.model.compute_logits(hidden).float()
+        logits = self.model.compute_logits(hidden)  # (B, V) in the model's dtype, ours to mask
         states = [seq.sampling_state for seq in seqs]
-        tokens = self.sampler.sample_tokens(logits, states, pending=0 if previous is None else 1)
+        tokens = self.sampler.sample_tokens(logits, states, pending=0 if previous is None else 1, owned=True)
         return InflightStep(seqs, tokens)
 
     @torch.inference_mode()

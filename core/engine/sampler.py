@@ -125,11 +125,20 @@ def apply_penalties(logits: torch.Tensor, states: list[SamplingState]) -> torch.
     return logits
 
 
-def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState], pending: int = 0) -> torch.Tensor:
+def _penalised(states: list[SamplingState]) -> bool:
+    return any(
+        s.params.repetition_penalty != 1.0 or s.params.presence_penalty != 0.0 or s.params.frequency_penalty != 0.0
+        for s in states
+    )
+
+
+def apply_min_tokens(
+    logits: torch.Tensor, states: list[SamplingState], pending: int = 0, inplace: bool = False
+) -> torch.Tensor:
     """Mask stop_token_ids and EOS (unless ignore_eos) to -inf for rows still short of min_tokens.
 
     `pending` tokens per row were sampled but are not in output_token_ids yet (a step still in flight).
-    Returns new logits when a row is masked, else `logits` itself; the input is never modified.
+    Returns new logits when a row is masked, else `logits` itself; the input is modified only with inplace=True.
     """
     V = logits.shape[1]
     rows: list[int] = []
@@ -142,7 +151,8 @@ def apply_min_tokens(logits: torch.Tensor, states: list[SamplingState], pending:
                     cols.append(t)
     if rows:
         index = host_to_device([rows, cols], logits.device)
-        logits = logits.index_put((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
+        put = logits.index_put_ if inplace else logits.index_put
+        logits = put((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
     return logits
 
 
@@ -237,19 +247,22 @@ class Sampler:
     def overlappable(state: SamplingState) -> bool:
         """Whether sample_tokens can draw this row's next token before the previous one is known: no penalties
         (they count the output tokens) and no logprobs (sample() computes them after reading the token back)."""
-        p = state.params
-        return (p.logprobs is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0
-                and p.frequency_penalty == 0.0)
+        return state.params.logprobs is None and not _penalised([state])
 
     @torch.inference_mode()
-    def sample_tokens(self, logits: torch.Tensor, states: list[SamplingState], pending: int = 0) -> torch.Tensor:
+    def sample_tokens(
+        self, logits: torch.Tensor, states: list[SamplingState], pending: int = 0, owned: bool = False
+    ) -> torch.Tensor:
         """(B,) long token ids on the logits' device, without waiting for the device.
 
-        `pending` tokens per row are sampled but not yet in output_token_ids (min_tokens counts them).
+        `pending` tokens per row are sampled but not yet in output_token_ids (min_tokens counts them). With `owned`
+        the caller gives the logits away (masks may be written into them).
         """
         device = logits.device
-        x = apply_min_tokens(apply_penalties(logits.float(), states), states, pending)
         greedy = [s.params.is_greedy for s in states]
+        # An all-greedy batch takes the argmax in the logits' own dtype (exact: widening to float32 keeps the order).
+        x = logits if all(greedy) and not _penalised(states) else logits.float()
+        x = apply_min_tokens(apply_penalties(x, states), states, pending, inplace=owned or x is not logits)
         if not any(greedy):
             return self._sample_random(x, states)
         token_ids = x.argmax(dim=-1)
