@@ -55,9 +55,19 @@ def variants(cfg):
     return out
 
 
+def wide_grid(prefetch_too: bool = True):
+    """Launches over rows per program, tile width, warps (2, 4) and prefetch (the plain reduction)."""
+    from llmctl.kernels.tuning import GemvLaunch
+
+    return [GemvLaunch(bn, bk, w, 1, prefetch=pf) for bn in (1, 2, 4, 8) for bk in (512, 1024) for w in (2, 4)
+            for pf in ((True, False) if prefetch_too else (True,)) if bn * bk <= 64 * 32 * w]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--wide", nargs="*", default=[], metavar="SHAPE",
+                    help="only these shapes (e.g. qwen2.5-0.5b.gate_up), each op over a wide grid of launches")
     args = ap.parse_args()
     _make_importable()
     from llmctl.kernels.activation import silu_and_mul
@@ -68,7 +78,8 @@ def main() -> int:
     torch.manual_seed(0)
     dtype, dev = torch.bfloat16, torch.device("cuda")
     rows = []
-    for name, n, k, _ in SHAPES:
+    shapes = [sh for sh in SHAPES if sh[0] in args.wide] if args.wide else SHAPES
+    for name, n, k, _ in shapes:
         nbytes = n * k * 2
         copies = max(2, min(160, -(-COPIES_BYTES // nbytes)))
         weights = [(torch.randn(n, k, device=dev) / k**0.5).to(dtype) for _ in range(copies)]
@@ -86,6 +97,16 @@ def main() -> int:
 
         base = gemv_launch(n, k, 1, dtype)
         add("plain", "cublas", lambda w: F.linear(x, w))
+        if args.wide:
+            for cfg in wide_grid():  # the op the layer runs: fused where a prologue applies
+                if name not in NORM_SHAPES and name not in ACT_SHAPES:
+                    add("plain", "gemv", lambda w, c=cfg: linear(x, w, launch=c), cfg)
+                if name in NORM_SHAPES:
+                    add("norm", "fused", lambda w, c=cfg: rms_norm_linear(x, res, nw, 1e-6, w, launch=c), cfg)
+                if name in ACT_SHAPES:
+                    add("act", "fused", lambda w, c=cfg: act_and_mul_linear(gate_up, w, launch=c), cfg)
+            del weights
+            continue
         for cfg in variants(base):
             add("plain", "gemv", lambda w, c=cfg: linear(x, w, launch=c), cfg)
         if name in NORM_SHAPES:

@@ -18,7 +18,9 @@ PROMPTS = [
     "Ada",
 ]
 OPTIONS = dict(max_num_seqs=4, block_size=4, num_kv_blocks=64, max_model_len=48, padded_decode=True)
-DEVICES = [("cpu", "float32"), pytest.param(("cuda", "bfloat16"), marks=pytest.mark.skipif(
+# float32 on CUDA too: a request that stops on a token keeps one dropped row in the next (already queued) step, so
+# the two modes can run a step at different batch sizes, whose kernels (GEMV or cuBLAS) round differently in bf16.
+DEVICES = [("cpu", "float32"), pytest.param(("cuda", "float32"), marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))]  # fmt: skip
 
 
