@@ -109,7 +109,7 @@ _GEMV: dict[tuple[int, int, int, torch.dtype, str], GemvLaunch] = {
     (128256, 4096, 1, _B, "plain"): GemvLaunch(2, 1024, 4, 1),  # lm_head 335.0 us, cuBLAS 428.9
     # Qwen2.5-0.5B
     (1152, 896, 1, _B, "plain"): GemvLaunch(2, 512, 4, 1, True),  # qkv 3.0 us, cuBLAS 4.3
-    (1152, 896, 1, _B, "norm"): GemvLaunch(4, 512, 4, 1, True),  # 3.9 us; norm kernel + cuBLAS 6.0
+    (1152, 896, 1, _B, "norm"): GemvLaunch(2, 1024, 4, 1, prefetch=False),  # 3.4 us; norm kernel + cuBLAS 6.0
     (896, 896, 1, _B, "plain"): GemvLaunch(2, 1024, 4, 1, prefetch=False),  # o 2.7 us, cuBLAS 4.2
     (9728, 896, 1, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # gate_up 8.3 us, cuBLAS 8.6
     (9728, 896, 1, _B, "norm"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # 9.3 us; norm kernel + cuBLAS 10.3
