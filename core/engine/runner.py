@@ -196,7 +196,7 @@ class ModelRunner:
         if rows[-1] == len(rows) - 1 and rows == list(range(len(rows))):  # decode: every row, in order
             picked = hidden[: len(rows)]
         else:
-            picked = hidden[torch.tensor(rows, dtype=torch.int64, device=hidden.device)]
+            picked = hidden[host_to_device(rows, hidden.device)]  # pinned, non-blocking: no stream sync
         logits = self.model.compute_logits(picked).float()  # (len(rows), V)
         ns = len(sample_rows)
         if ns:

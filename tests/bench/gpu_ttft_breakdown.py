@@ -16,6 +16,36 @@ import torch
 from llmctl import LLM, SamplingParams
 
 
+def layer_timeline(engine, model, prompt, params) -> list[str]:
+    """One more request with a CUDA event and a host clock at the start of every decoder layer: when the host
+    reaches a layer later than the GPU does, the GPU waited for the host there."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    marks = []
+
+    def pre_hook(module, args):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        marks.append((time.perf_counter(), event))
+
+    handles = [layer.register_forward_pre_hook(pre_hook) for layer in layers]
+    try:
+        torch.cuda.synchronize()
+        engine.add_request(engine.next_request_id(), params, prompt_token_ids=prompt)
+        while engine.has_unfinished_requests():
+            engine.step()
+        torch.cuda.synchronize()
+    finally:
+        for h in handles:
+            h.remove()
+    host0, event0 = marks[0]
+    lines = []
+    for i, (host, event) in enumerate(marks):
+        gpu_ms = event0.elapsed_time(event)
+        host_ms = (host - host0) * 1e3
+        lines.append(f"layer {i:2d}: host {host_ms:7.2f} ms, gpu {gpu_ms:7.2f} ms, host ahead by {gpu_ms - host_ms:6.2f}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -66,6 +96,7 @@ def main() -> None:
         if i >= 2:
             rows.append(row)
     summary = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    summary["per_layer"] = layer_timeline(engine, model, prompt, params)
     summary["device"] = torch.cuda.get_device_name()
     summary["prompt_len"] = args.len
     print(json.dumps(summary, indent=2))
