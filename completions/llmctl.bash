@@ -22,10 +22,11 @@ _llmctl() {
                 --against) COMPREPLY=($(compgen -W "transformers" -- "$cur")); return ;;
                 --repeats) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-model-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-num-seqs) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --min-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--random-weights --dtype --device --batch-size --input-len --output-len --num-prompts --against --repeats --json --enforce-eager --max-model-len --min-len --max-len --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--random-weights --dtype --device --batch-size --input-len --output-len --num-prompts --against --repeats --json --enforce-eager --max-model-len --max-num-seqs --min-len --max-len --help -h" -- "$cur"))
             [[ "$cur" != -* ]] && COMPREPLY+=($(compgen -f -- "$cur"))
             ;;
         "check")
