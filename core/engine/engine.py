@@ -17,6 +17,7 @@ from llmctl.core.engine.kv_cache import (
     allocate_kv_caches,
     cuda_kv_budget,
     num_blocks_for_budget,
+    profile_peak,
 )
 from llmctl.core.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from llmctl.core.engine.runner import InflightStep, ModelRunner
@@ -97,7 +98,7 @@ class LLMEngine:
             if kv_cache_memory is not None:  # an explicit byte budget wins on every device
                 budget = int(kv_cache_memory)
             elif self.device.type == "cuda":
-                peak = _profile_peak(model, self.device, max_num_batched_tokens, max_model_len)
+                peak = profile_peak(model, self.device, max_num_batched_tokens, max_model_len)
                 budget = cuda_kv_budget(self.device, gpu_memory_utilization, peak)
             else:
                 budget = DEFAULT_CPU_KV_CACHE_BYTES
@@ -387,29 +388,3 @@ class LLMEngine:
             metrics=seq.metrics,
             error=seq.error,
         )
-
-
-def _profile_peak(model, device: torch.device, max_num_batched_tokens: int, max_model_len: int) -> int:
-    """Peak bytes of one cache-less forward over a full token budget (weights included)."""
-    from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
-
-    n = max(1, min(max_num_batched_tokens, max_model_len))
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    meta = AttentionMetadata(
-        query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=device),
-        seq_lens=torch.tensor([n], dtype=torch.int32, device=device),
-        slot_mapping=torch.zeros(n, dtype=torch.int64, device=device),
-        block_tables=torch.zeros((1, 1), dtype=torch.int32, device=device),
-        max_query_len=n,
-        max_seq_len=n,
-    )
-    with torch.inference_mode():
-        ids = torch.zeros(n, dtype=torch.int64, device=device)
-        pos = torch.arange(n, dtype=torch.int64, device=device)
-        hidden = model(ids, pos, ForwardContext(meta, None))
-        model.compute_logits(hidden[-1:])
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    torch.cuda.empty_cache()
-    return peak

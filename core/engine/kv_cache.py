@@ -75,6 +75,32 @@ def cuda_kv_budget(device: torch.device, gpu_memory_utilization: float, peak_byt
     return int(total * gpu_memory_utilization) - used_by_others - peak_bytes
 
 
+def profile_peak(model, device: torch.device, max_num_batched_tokens: int, max_model_len: int) -> int:
+    """Peak bytes of one cache-less forward over a full token budget (weights included)."""
+    from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
+
+    n = max(1, min(max_num_batched_tokens, max_model_len))
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    meta = AttentionMetadata(
+        query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([n], dtype=torch.int32, device=device),
+        slot_mapping=torch.zeros(n, dtype=torch.int64, device=device),
+        block_tables=torch.zeros((1, 1), dtype=torch.int32, device=device),
+        max_query_len=n,
+        max_seq_len=n,
+    )
+    with torch.inference_mode():
+        ids = torch.zeros(n, dtype=torch.int64, device=device)
+        pos = torch.arange(n, dtype=torch.int64, device=device)
+        hidden = model(ids, pos, ForwardContext(meta, None))
+        model.compute_logits(hidden[-1:])
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    torch.cuda.empty_cache()
+    return peak
+
+
 def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int, block_size: int, device) -> list[torch.Tensor]:
     """One (2, num_blocks, block_size, num_kv_heads, head_dim) tensor per layer: K then V."""
     shape = (2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
