@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +57,7 @@ def _gemv_kernel(
     BLOCK_K: tl.constexpr,
     LATE_REDUCE: tl.constexpr,
     PREFETCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """out (M, N) = prologue(x) @ w.T + bias; w (N, K), bias (N,); grid (cdiv(N, BLOCK_N),).
 
@@ -64,7 +68,12 @@ def _gemv_kernel(
     added in float32, the output rounded once. Each program streams its BLOCK_N rows of w once for all M rows.
     LATE_REDUCE keeps a (BLOCK_M, BLOCK_N, BLOCK_K) float32 accumulator and sums over K once after the loop: half
     the instructions per step (no cross-lane shuffles), twice the registers.
+    PDL (launched with programmatic dependent launch, Hopper+): the kernel lets the next one launch at once and
+    starts streaming its first weight tile (weights are never written by a step) before waiting for the previous
+    kernel's results; nothing the previous kernels write is read or written before that wait.
     """
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -78,6 +87,8 @@ def _gemv_kernel(
     # per program: Triton pipelines only loads that feed a tl.dot), and the first tile's load overlaps the norm's pass.
     if PREFETCH:
         w_next = tl.load(w_rows + offs_k[None, :], mask=(offs_k < K)[None, :], other=0.0, eviction_policy="evict_first")
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the previous kernel's writes (x, residual, out's memory) are visible from here
     if PROLOGUE == 1:  # first pass: each row's sum of squares over all of K (x is small and L2-resident)
         r_rows = residual_ptr + offs_m[:, None].to(tl.int64) * stride_r
         ro_rows = residual_out_ptr + offs_m[:, None].to(tl.int64) * stride_ro
@@ -159,6 +170,7 @@ def _gemv(
     m, n = out.shape
     k = weight.shape[1]
     kind = "plain" if prologue == _PLAIN else "norm" if prologue == _NORM else "act"
+    pdl = _pdl_ok(weight.device)
     cfg = launch if launch is not None else gemv_launch(n, k, m, weight.dtype, kind)
     has_res = residual is not None
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
@@ -185,10 +197,25 @@ def _gemv(
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         LATE_REDUCE=cfg.late_reduce,
-        PREFETCH=cfg.prefetch,
+        PREFETCH=cfg.prefetch or pdl,  # under PDL the first tile's load is what overlaps the previous kernel
+        PDL=pdl,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **({"launch_pdl": True} if pdl else {}),
     )
+
+
+def _pdl_ok(device: torch.device) -> bool:
+    """Programmatic dependent launch: compiled GPU kernels on Hopper or newer (not the CPU interpreter), unless
+    LLMCTL_GEMV_PDL=0."""
+    if device.type != "cuda" or os.environ.get("LLMCTL_GEMV_PDL", "1") == "0":
+        return False
+    return _cuda_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def _rows_2d(x: torch.Tensor, width: int) -> torch.Tensor:
