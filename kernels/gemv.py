@@ -22,6 +22,9 @@ GEMV_ROWS = 2
 # The norm prologue re-reads x (and the residual) in every program: past this many weight bytes (Llama-3-8B's qkv
 # 48 MiB, gate_up 224 MiB) the separate norm kernel + GEMV measured faster; below it (Qwen2.5-0.5B) the fused one.
 NORM_PROLOGUE_MAX_BYTES = 32 << 20
+# Programmatic dependent launch pays for the latency-bound projections below this size (Qwen2.5-0.5B decode 1,134 ->
+# 1,146 tok/s on an H100) and cost the bandwidth-bound ones above it (Llama-3-8B 171.3 -> 164.9 with it everywhere).
+PDL_MAX_BYTES = 32 << 20
 _GEMV_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _PLAIN, _NORM, _SILU, _GELU_TANH = 0, 1, 2, 3  # prologue kinds (the kernel's PROLOGUE)
 _ACTS = {"silu": _SILU, "gelu_tanh": _GELU_TANH}
@@ -170,7 +173,7 @@ def _gemv(
     m, n = out.shape
     k = weight.shape[1]
     kind = "plain" if prologue == _PLAIN else "norm" if prologue == _NORM else "act"
-    pdl = _pdl_ok(weight.device)
+    pdl = weight.numel() * weight.element_size() < PDL_MAX_BYTES and _pdl_ok(weight.device)
     cfg = launch if launch is not None else gemv_launch(n, k, m, weight.dtype, kind)
     has_res = residual is not None
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
@@ -207,7 +210,7 @@ def _gemv(
 
 def _pdl_ok(device: torch.device) -> bool:
     """Programmatic dependent launch: compiled GPU kernels on Hopper or newer (not the CPU interpreter), unless
-    LLMCTL_GEMV_PDL=0."""
+    LLMCTL_GEMV_PDL=0 (for A/B timing)."""
     if device.type != "cuda" or os.environ.get("LLMCTL_GEMV_PDL", "1") == "0":
         return False
     return _cuda_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
