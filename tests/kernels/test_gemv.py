@@ -290,3 +290,17 @@ def test_default_routing_rows_and_norm_prologue_size(device, monkeypatch):
     for got in (fused, split):
         assert_close(got[0], expected[0], **_tol(expected[0]))
         assert_close(got[1], expected[1])
+
+
+def test_programmatic_dependent_launch_only_on_hopper_gpus(monkeypatch):
+    """PDL needs compiled kernels on sm_90+: never under the CPU interpreter, and LLMCTL_GEMV_PDL=0 turns it off."""
+    from llmctl.kernels import gemv
+
+    assert not gemv._pdl_ok(torch.device("cpu"))
+    monkeypatch.setattr(gemv, "_cuda_major", lambda index: 9)
+    assert gemv._pdl_ok(torch.device("cuda", 0))
+    monkeypatch.setenv("LLMCTL_GEMV_PDL", "0")
+    assert not gemv._pdl_ok(torch.device("cuda", 0))
+    monkeypatch.delenv("LLMCTL_GEMV_PDL")
+    monkeypatch.setattr(gemv, "_cuda_major", lambda index: 8)
+    assert not gemv._pdl_ok(torch.device("cuda", 0))
