@@ -31,6 +31,24 @@ def _rotate_heads(x_ptr, o_ptr, tok, stride_xt, stride_xh, stride_ot, stride_oh,
 
 
 @triton.jit
+def _cos_sin_row(cache_ptr, pos, stride_cache, half, dtype_ptr, BLOCK_R: tl.constexpr):
+    """Position pos's cos and sin (BLOCK_R,) from a (max_position, 2*half) cache row, rounded to dtype_ptr's element
+    type as the reference does, then float32 for the rotation."""
+    dims = tl.arange(0, BLOCK_R)
+    cos = tl.load(cache_ptr + pos * stride_cache + dims, mask=dims < half, other=0.0)
+    sin = tl.load(cache_ptr + pos * stride_cache + half + dims, mask=dims < half, other=0.0)
+    return cos.to(dtype_ptr.dtype.element_ty).to(tl.float32), sin.to(dtype_ptr.dtype.element_ty).to(tl.float32)
+
+
+def check_rope(rotary_dim: int, head_size: int, cos_sin_cache: torch.Tensor) -> None:
+    """The rotary arguments both Triton rotary ops take: an even rotary_dim within the head, a matching cache."""
+    if rotary_dim % 2 or not 0 < rotary_dim <= head_size:
+        raise ValueError(f"rotary_dim {rotary_dim} must be even and within head_size {head_size}")
+    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != rotary_dim or cos_sin_cache.stride(1) != 1:
+        raise ValueError(f"cos_sin_cache must be (max_position, {rotary_dim}) with contiguous rows")
+
+
+@triton.jit
 def _rotary_kernel(
     # pointers
     q_ptr,
@@ -67,11 +85,7 @@ def _rotary_kernel(
     """
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
-    dims = tl.arange(0, BLOCK_R)
-    cos = tl.load(cache_ptr + pos * stride_cache + dims, mask=dims < half, other=0.0)
-    sin = tl.load(cache_ptr + pos * stride_cache + half + dims, mask=dims < half, other=0.0)
-    cos = cos.to(q_ptr.dtype.element_ty).to(tl.float32)
-    sin = sin.to(q_ptr.dtype.element_ty).to(tl.float32)
+    cos, sin = _cos_sin_row(cache_ptr, pos, stride_cache, half, q_ptr, BLOCK_R)
     _rotate_heads(q_ptr, q_out_ptr, tok, stride_qt, stride_qh, stride_qot, stride_qoh, num_q_heads, cos, sin,
                   half, IS_NEOX, BLOCK_HQ, BLOCK_R)
     if HAS_K:
@@ -97,10 +111,7 @@ def apply_rotary(
     """Triton apply_rotary_ref: q and k rotated in one kernel; same signature, new tensors back."""
     require_triton()
     hs = head_size if head_size is not None else q.shape[-1]
-    if rotary_dim % 2 or not 0 < rotary_dim <= hs:
-        raise ValueError(f"rotary_dim {rotary_dim} must be even and within head_size {hs}")
-    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != rotary_dim or cos_sin_cache.stride(1) != 1:
-        raise ValueError(f"cos_sin_cache must be (max_position, {rotary_dim}) with contiguous rows")
+    check_rope(rotary_dim, hs, cos_sin_cache)
     num_tokens = q.shape[0]
     pos = positions.reshape(-1)
     if pos.numel() != num_tokens or pos.dtype.is_floating_point:

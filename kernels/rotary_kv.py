@@ -7,7 +7,7 @@ import math
 import torch
 
 from llmctl.kernels.kv_write import write_kv_ref
-from llmctl.kernels.rotary import _rotate_heads, apply_rotary_ref
+from llmctl.kernels.rotary import _cos_sin_row, _rotate_heads, apply_rotary_ref, check_rope
 from llmctl.kernels.triton_compat import require_triton, tl, triton
 from llmctl.kernels.tuning import row_warps
 
@@ -53,11 +53,7 @@ def _rotary_write_kv_kernel(
     """
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
-    dims = tl.arange(0, BLOCK_R)
-    cos = tl.load(cos_sin_ptr + pos * stride_cos_sin + dims, mask=dims < half, other=0.0)
-    sin = tl.load(cos_sin_ptr + pos * stride_cos_sin + half + dims, mask=dims < half, other=0.0)
-    cos = cos.to(q_ptr.dtype.element_ty).to(tl.float32)
-    sin = sin.to(q_ptr.dtype.element_ty).to(tl.float32)
+    cos, sin = _cos_sin_row(cos_sin_ptr, pos, stride_cos_sin, half, q_ptr, BLOCK_R)
     _rotate_heads(q_ptr, q_ptr, tok, stride_qt, stride_qh, stride_qt, stride_qh, num_q_heads, cos, sin,
                   half, IS_NEOX, BLOCK_HQ, BLOCK_R)
     _rotate_heads(k_ptr, k_ptr, tok, stride_kt, stride_kh, stride_kt, stride_kh, num_kv_heads, cos, sin,
@@ -94,10 +90,7 @@ def _check_args(q, k, v, positions, cos_sin_cache, rotary_dim, kv_cache, slot_ma
     if kv_cache.dim() != 5 or kv_cache.shape[0] != 2 or not kv_cache.is_contiguous():
         raise ValueError(f"kv_cache must be a contiguous (2, blocks, block_size, nkv, hd), got {tuple(kv_cache.shape)}")
     num_tokens, head_size = q.shape[0], kv_cache.shape[-1]
-    if rotary_dim % 2 or not 0 < rotary_dim <= head_size:
-        raise ValueError(f"rotary_dim {rotary_dim} must be even and within head_size {head_size}")
-    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != rotary_dim or cos_sin_cache.stride(1) != 1:
-        raise ValueError(f"cos_sin_cache must be (max_position, {rotary_dim}) with contiguous rows")
+    check_rope(rotary_dim, head_size, cos_sin_cache)
     if q.dtype != k.dtype or k.dtype != v.dtype:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     kv_row = kv_cache.shape[-2] * head_size
