@@ -294,11 +294,8 @@ class LLMEngine:
         for seq in step.seqs:
             if seq.status is not SequenceStatus.RUNNING:
                 return None
-            max_tokens = seq.params.max_tokens
-            n_out = seq.num_output_tokens + 1  # with the token in flight
-            if (max_tokens is not None and n_out >= max_tokens) or seq.num_tokens + 1 >= self.max_model_len:
-                continue
-            seqs.append(seq)
+            if not self._reaches_length(seq, pending=1):  # with the token in flight
+                seqs.append(seq)
         if not seqs:
             return None
         if self.scheduler.waiting and len(seqs) < self.config.max_num_seqs:
@@ -340,10 +337,15 @@ class LLMEngine:
                     seq.text = text if text is not None else seq.text
                     seq.finish_reason, seq.stop_reason = "stop", stop_str
                     return
-        if params.max_tokens is not None and n_out >= params.max_tokens:
+        if self._reaches_length(seq):
             seq.finish_reason = "length"
-        elif seq.num_tokens >= self.max_model_len:
-            seq.finish_reason = "length"
+
+    def _reaches_length(self, seq: Sequence, pending: int = 0) -> bool:
+        """Whether seq, with `pending` more tokens, has all the tokens max_tokens or max_model_len allow."""
+        max_tokens = seq.params.max_tokens
+        if max_tokens is not None and seq.num_output_tokens + pending >= max_tokens:
+            return True
+        return seq.num_tokens + pending >= self.max_model_len
 
     @property
     def cuda_graph_capture_seconds(self) -> float | None:
