@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from llmctl.core.engine.cuda_graph import DecodeRunner
-from llmctl.core.engine.staging import Staging
-from llmctl.core.engine.sampler import Sampler, host_to_device
+from llmctl.core.engine.sampler import Sampler
+from llmctl.core.engine.staging import Staging, host_to_device
 from llmctl.core.engine.sequence import Sequence
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
@@ -209,4 +209,3 @@ class ModelRunner:
             k = seq.params.prompt_logprobs
             out.prompt_logprobs[id(seq)] = self.sampler.prompt_logprobs(rows_lp, tokens, k)[1:]
         return out
-

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmctl.core.engine.sampling_params import SamplingParams
+from llmctl.core.engine.staging import host_to_device
 
 Logprobs = dict[int, tuple[float, int]]
 
@@ -154,13 +155,6 @@ def apply_min_tokens(
         put = logits.index_put_ if inplace else logits.index_put
         logits = put((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
     return logits
-
-
-def host_to_device(data: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """A tensor of `data` on `device`; on CUDA through pinned memory, so the host does not wait for the GPU."""
-    if device.type != "cuda":
-        return torch.tensor(data, dtype=dtype)
-    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:

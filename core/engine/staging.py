@@ -1,4 +1,5 @@
-"""Integer step inputs laid out in one int32 buffer, so that they reach the device in one host-to-device copy."""
+"""Step inputs to the device without waiting for it: integer arrays laid out in one int32 buffer (one copy), and
+small index lists through pinned memory."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def word_views(buffer: np.ndarray | torch.Tensor, specs: list[Spec], offsets: li
             flat = flat.view(np.int64 if numpy else torch.int64)
         views.append(flat.reshape(shape))
     return views
+
+
+def host_to_device(data: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A tensor of `data` on `device`; on CUDA through pinned memory, so the host does not wait for the GPU."""
+    if device.type != "cuda":
+        return torch.tensor(data, dtype=dtype)
+    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 class Staging:
