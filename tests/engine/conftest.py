@@ -66,6 +66,20 @@ def tiny_llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def prompts() -> list[str]:
+    """Seven prompts of mixed lengths (one non-ASCII) for runs where requests finish at different steps."""
+    return [
+        "Hello, my name is",
+        "The quick brown fox jumps over the lazy dog.",
+        "Café",
+        "Paged attention keeps",
+        "Continuous batching lets new requests join",
+        "numbers 12345",
+        "Ada",
+    ]
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tiny_llama):
     return tiny_llama[0]
 

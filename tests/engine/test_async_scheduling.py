@@ -8,15 +8,6 @@ import torch
 
 from llmctl import LLM, SamplingParams
 
-PROMPTS = [
-    "Hello, my name is",
-    "The quick brown fox jumps over the lazy dog.",
-    "Café",
-    "Paged attention keeps",
-    "Continuous batching lets new requests join",
-    "numbers 12345",
-    "Ada",
-]
 OPTIONS = dict(max_num_seqs=4, block_size=4, num_kv_blocks=64, max_model_len=48, padded_decode=True)
 # float32 on CUDA too: a request that stops on a token keeps one dropped row in the next (already queued) step, so
 # the two modes can run a step at different batch sizes, whose kernels (GEMV or cuBLAS) round differently in bf16.
@@ -44,9 +35,9 @@ def _count_overlapped(llm: LLM) -> list[int]:
     return calls
 
 
-def _params(stop_tokens: dict[int, int]) -> list[SamplingParams]:
+def _params(n: int, stop_tokens: dict[int, int]) -> list[SamplingParams]:
     params = []
-    for i in range(len(PROMPTS)):
+    for i in range(n):
         common = dict(max_tokens=5 + 3 * i, stop_token_ids=[stop_tokens[i]] if i in stop_tokens else None)
         if i % 3 == 2:  # seeded sampling: the same draws whatever the batch
             params.append(SamplingParams(temperature=0.8, top_p=0.9, top_k=20, seed=100 + i, **common))
@@ -56,15 +47,15 @@ def _params(stop_tokens: dict[int, int]) -> list[SamplingParams]:
 
 
 @pytest.mark.parametrize("device_dtype", DEVICES)
-def test_overlapped_steps_match_synchronous(tiny_llama_dir, device_dtype):
+def test_overlapped_steps_match_synchronous(tiny_llama_dir, device_dtype, prompts):
     # On CUDA both sides replay the same CUDA graphs; only the order of host and device work differs.
     sync, overlapped = _llm(tiny_llama_dir, False, *device_dtype), _llm(tiny_llama_dir, True, *device_dtype)
     # Stop tokens taken from a first synchronous run, so that some requests stop early on a sampled token.
-    first = sync.generate(PROMPTS, _params({}))
+    first = sync.generate(prompts, _params(len(prompts), {}))
     stops = {i: first[i].outputs[0].token_ids[2] for i in (0, 3, 4)}
     calls = _count_overlapped(overlapped)
-    want = sync.generate(PROMPTS, _params(stops))
-    got = overlapped.generate(PROMPTS, _params(stops))
+    want = sync.generate(prompts, _params(len(prompts), stops))
+    got = overlapped.generate(prompts, _params(len(prompts), stops))
     assert calls[0] > 10  # most decode steps were queued before the previous step's tokens were read
     for a, b in zip(got, want):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
@@ -77,13 +68,13 @@ def test_overlapped_steps_match_synchronous(tiny_llama_dir, device_dtype):
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
-def test_abort_while_a_step_is_in_flight(tiny_llama_dir):
+def test_abort_while_a_step_is_in_flight(tiny_llama_dir, prompts):
     sync, overlapped = _llm(tiny_llama_dir, False), _llm(tiny_llama_dir, True)
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=12)
-    want = {o.prompt: o.outputs[0].token_ids for o in sync.generate(PROMPTS[:3], params)}
+    want = {o.prompt: o.outputs[0].token_ids for o in sync.generate(prompts[:3], params)}
     engine = overlapped.llm_engine
     ids = []
-    for prompt in PROMPTS[:3]:
+    for prompt in prompts[:3]:
         ids.append(engine.next_request_id())
         engine.add_request(ids[-1], params, prompt=prompt)
     done = {}
@@ -97,8 +88,8 @@ def test_abort_while_a_step_is_in_flight(tiny_llama_dir):
             assert engine._inflight is not None
             engine.abort_request(ids[1])
     assert ids[1] not in done
-    for rid, prompt in ((ids[0], PROMPTS[0]), (ids[2], PROMPTS[2])):
+    for rid, prompt in ((ids[0], prompts[0]), (ids[2], prompts[2])):
         assert done[rid].outputs[0].token_ids == want[prompt]
     # The engine takes new work after the stale in-flight step.
-    again = overlapped.generate(PROMPTS[:3], params)
-    assert [o.outputs[0].token_ids for o in again] == [want[p] for p in PROMPTS[:3]]
+    again = overlapped.generate(prompts[:3], params)
+    assert [o.outputs[0].token_ids for o in again] == [want[p] for p in prompts[:3]]

@@ -9,16 +9,6 @@ import torch
 from llmctl import LLM, SamplingParams
 from llmctl.core.engine.cuda_graph import graph_batch_sizes
 
-PROMPTS = [
-    "Hello, my name is",
-    "The quick brown fox jumps over the lazy dog.",
-    "Café",
-    "Paged attention keeps",
-    "Continuous batching lets new requests join",
-    "numbers 12345",
-    "Ada",
-]
-
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -36,12 +26,12 @@ def _params(i: int, logprobs: int | None = None) -> SamplingParams:
     return SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=6 + 3 * i, logprobs=logprobs)
 
 
-def _run(llm: LLM, logprobs: int | None = None):
-    outs = llm.generate(PROMPTS, [_params(i, logprobs) for i in range(len(PROMPTS))])
+def _run(llm: LLM, prompts: list[str], logprobs: int | None = None):
+    outs = llm.generate(prompts, [_params(i, logprobs) for i in range(len(prompts))])
     return [o.outputs[0] for o in outs]
 
 
-def test_padded_decode_matches_packed_and_transformers(tiny_llama_dir, hf_greedy):
+def test_padded_decode_matches_packed_and_transformers(tiny_llama_dir, hf_greedy, prompts):
     # 5 sequences at most (buckets 1, 2, 4, 5), a cache too small for all of them (preemption), and a token budget
     # that splits prompts into chunks, some of one token (which take the padded path too).
     options = dict(dtype="float32", device="cpu", max_num_seqs=5, max_num_batched_tokens=7, block_size=4,
@@ -49,22 +39,22 @@ def test_padded_decode_matches_packed_and_transformers(tiny_llama_dir, hf_greedy
     padded = LLM(str(tiny_llama_dir), padded_decode=True, **options)
     packed = LLM(str(tiny_llama_dir), padded_decode=False, **options)
     assert padded.llm_engine.runner.decode is not None and packed.llm_engine.runner.decode is None
-    got, ref = _run(padded, logprobs=3), _run(packed, logprobs=3)
+    got, ref = _run(padded, prompts, logprobs=3), _run(packed, prompts, logprobs=3)
     for i, (a, b) in enumerate(zip(got, ref)):
         assert a.token_ids == b.token_ids
-        assert a.token_ids == hf_greedy(padded.llm_engine.tokenizer.encode(PROMPTS[i]), len(a.token_ids))
+        assert a.token_ids == hf_greedy(padded.llm_engine.tokenizer.encode(prompts[i]), len(a.token_ids))
         for lp_a, lp_b in zip(a.logprobs, b.logprobs):
             assert lp_a.keys() == lp_b.keys()
             for tok in lp_a:
                 assert lp_a[tok].logprob == pytest.approx(lp_b[tok].logprob, abs=1e-4)
 
 
-def test_padding_rows_write_nothing(tiny_llama_dir):
+def test_padding_rows_write_nothing(tiny_llama_dir, prompts):
     """A step of 3 sequences runs at bucket 4: the padding row must leave the KV cache untouched."""
     llm = LLM(str(tiny_llama_dir), dtype="float32", device="cpu", max_num_seqs=4, padded_decode=True,
               block_size=4, num_kv_blocks=32, max_model_len=32)  # fmt: skip
     runner = llm.llm_engine.runner
-    llm.generate(PROMPTS[:3], SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=1))
+    llm.generate(prompts[:3], SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=1))
     before = [c.clone() for c in runner.kv_caches]
     bucket = runner.decode._buckets[4]
     runner.decode._fill(bucket, [])  # all four rows padding
@@ -76,14 +66,14 @@ def test_padding_rows_write_nothing(tiny_llama_dir):
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_cuda_graphs_match_eager(tiny_llama_dir, dtype):
+def test_cuda_graphs_match_eager(tiny_llama_dir, dtype, prompts):
     options = dict(dtype=dtype, device="cuda", max_num_seqs=5, max_model_len=64, gpu_memory_utilization=0.2)
     graphs = LLM(str(tiny_llama_dir), **options)
     eager = LLM(str(tiny_llama_dir), enforce_eager=True, **options)
     decode = graphs.llm_engine.runner.decode
     assert decode.graph_sizes == [1, 2, 4, 5] and graphs.llm_engine.cuda_graph_capture_seconds > 0
     assert eager.llm_engine.runner.decode.graph_sizes == [] and eager.llm_engine.cuda_graph_capture_seconds is None
-    got, ref = _run(graphs, logprobs=5), _run(eager, logprobs=5)
+    got, ref = _run(graphs, prompts, logprobs=5), _run(eager, prompts, logprobs=5)
     for a, b in zip(got, ref):
         assert a.token_ids == b.token_ids
         assert [{t: lp.logprob for t, lp in d.items()} for d in a.logprobs] == [
