@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llmctl.kernels.triton_compat import tl, triton
+from llmctl.kernels.triton_compat import pdl_enabled, pdl_launch, pdl_trigger, pdl_wait, tl, triton
 from llmctl.kernels.tuning import decode_launch, decode_num_splits
 
 
@@ -69,6 +69,7 @@ def _attn_decode_kernel(
     USE_ALIBI: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Flash-decoding, one new token per sequence; grid (num_seqs, num_kv_heads, num_splits).
 
@@ -80,6 +81,8 @@ def _attn_decode_kernel(
     (no second kernel: at batch 1 its launch cost as much as the merge). num_splits is a runtime value, so CUDA
     graphs of different batch sizes share one compiled kernel.
     """
+    pdl_trigger(PDL)
+    pdl_wait(PDL)  # before any early exit: a PDL kernel must not finish ahead of the ones it follows
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -213,13 +216,15 @@ def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts
         part_o = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=q.device)
         counts = _split_counters(num_seqs * num_kv_heads, q.device)
+    pdl = pdl_enabled(q.device)
     _attn_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k, v, out, part_o, part_ml, counts, query_start_loc, seq_lens, block_tables, opts["alibi"],
         group, num_splits, opts["scale"], opts["softcap"], opts["window"],
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *k.stride()[:3], *v.stride()[:3],
         block_tables.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
-        PAGE_SIZE=page_size, SPLIT=num_splits > 1, MIN_TILES=min_tiles, **opts["meta"], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PAGE_SIZE=page_size, SPLIT=num_splits > 1, MIN_TILES=min_tiles, **opts["meta"], PDL=pdl, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **pdl_launch(pdl),
     )
 
 

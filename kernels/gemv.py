@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -12,7 +11,7 @@ from llmctl.kernels.activation import gelu_tanh_and_mul, gelu_tanh_and_mul_ref, 
 from llmctl.kernels.rmsnorm import _check as _check_norm
 from llmctl.kernels.rmsnorm import _launch as _launch_norm
 from llmctl.kernels.rmsnorm import fused_add_rms_norm_ref, rms_norm, rms_norm_ref
-from llmctl.kernels.triton_compat import require_triton, tl, triton
+from llmctl.kernels.triton_compat import pdl_enabled, pdl_launch, pdl_trigger, pdl_wait, require_triton, tl, triton
 from llmctl.kernels.tuning import GemvLaunch, gemv_launch
 
 GEMV_MAX_M = 8  # rows the GEMV kernel can take (an explicit `launch=` uses it up to here)
@@ -61,6 +60,7 @@ def _gemv_kernel(
     LATE_REDUCE: tl.constexpr,
     PREFETCH: tl.constexpr,
     PDL: tl.constexpr,
+    LATE_TRIGGER: tl.constexpr,
 ):
     """out (M, N) = prologue(x) @ w.T + bias; w (N, K), bias (N,); grid (cdiv(N, BLOCK_N),).
 
@@ -75,8 +75,8 @@ def _gemv_kernel(
     starts streaming its first weight tile (weights are never written by a step) before waiting for the previous
     kernel's results; nothing the previous kernels write is read or written before that wait.
     """
-    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
+    if not LATE_TRIGGER:
+        pdl_trigger(PDL)
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -90,8 +90,7 @@ def _gemv_kernel(
     # per program: Triton pipelines only loads that feed a tl.dot), and the first tile's load overlaps the norm's pass.
     if PREFETCH:
         w_next = tl.load(w_rows + offs_k[None, :], mask=(offs_k < K)[None, :], other=0.0, eviction_policy="evict_first")
-    if PDL:
-        tl.extra.cuda.gdc_wait()  # the previous kernel's writes (x, residual, out's memory) are visible from here
+    pdl_wait(PDL)  # the previous kernel's writes (x, residual, out's memory) are visible from here
     if PROLOGUE == 1:  # first pass: each row's sum of squares over all of K (x is small and L2-resident)
         r_rows = residual_ptr + offs_m[:, None].to(tl.int64) * stride_r
         ro_rows = residual_out_ptr + offs_m[:, None].to(tl.int64) * stride_ro
@@ -149,6 +148,8 @@ def _gemv_kernel(
             acc += tl.sum(h[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)  # (BLOCK_M, BLOCK_N)
     if LATE_REDUCE:
         acc = tl.sum(acc3, axis=2)  # (BLOCK_M, BLOCK_N)
+    if LATE_TRIGGER:  # the next kernel starts while this one's last programs finish
+        pdl_trigger(PDL)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows_w).to(tl.float32)[None, :]
@@ -173,7 +174,9 @@ def _gemv(
     m, n = out.shape
     k = weight.shape[1]
     kind = "plain" if prologue == _PLAIN else "norm" if prologue == _NORM else "act"
-    pdl = weight.numel() * weight.element_size() < PDL_MAX_BYTES and _pdl_ok(weight.device)
+    big = weight.numel() * weight.element_size() >= PDL_MAX_BYTES
+    big_mode = os.environ.get("LLMCTL_PDL_BIG", "off")  # experiment: off | late | early
+    pdl = pdl_enabled(weight.device) and (not big or big_mode != "off")
     cfg = launch if launch is not None else gemv_launch(n, k, m, weight.dtype, kind)
     has_res = residual is not None
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
@@ -202,23 +205,11 @@ def _gemv(
         LATE_REDUCE=cfg.late_reduce,
         PREFETCH=cfg.prefetch or pdl,  # under PDL the first tile's load is what overlaps the previous kernel
         PDL=pdl,
+        LATE_TRIGGER=big and big_mode == "late",
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
-        **({"launch_pdl": True} if pdl else {}),
+        **pdl_launch(pdl),
     )
-
-
-def _pdl_ok(device: torch.device) -> bool:
-    """Programmatic dependent launch: compiled GPU kernels on Hopper or newer (not the CPU interpreter), unless
-    LLMCTL_GEMV_PDL=0 (for A/B timing)."""
-    if device.type != "cuda" or os.environ.get("LLMCTL_GEMV_PDL", "1") == "0":
-        return False
-    return _cuda_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_major(index: int) -> int:
-    return torch.cuda.get_device_capability(index)[0]
 
 
 def _rows_2d(x: torch.Tensor, width: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llmctl.kernels.triton_compat import require_triton, tl, triton
+from llmctl.kernels.triton_compat import pdl_enabled, pdl_launch, pdl_trigger, pdl_wait, require_triton, tl, triton
 from llmctl.kernels.tuning import row_block, row_warps
 
 
@@ -28,6 +28,7 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     GEMMA: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One row per program. x, residual (rows, hidden); weight (hidden,); out (rows, hidden).
 
@@ -35,6 +36,8 @@ def _rms_norm_kernel(
     Statistics in float32; the normalised row is rounded to x's dtype before the weight multiplies it, or with
     GEMMA it is multiplied by (1 + weight) in float32 and rounded once at the end.
     """
+    pdl_trigger(PDL)
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -59,6 +62,7 @@ def _launch(x2d, residual2d, weight, out2d, residual_out2d, eps: float, gemma: b
         return
     block = row_block(hidden)
     has_res = residual2d is not None
+    pdl = pdl_enabled(x2d.device)
     _rms_norm_kernel[(rows,)](
         x2d,
         residual2d if has_res else x2d,
@@ -74,7 +78,9 @@ def _launch(x2d, residual2d, weight, out2d, residual_out2d, eps: float, gemma: b
         HAS_RESIDUAL=has_res,
         GEMMA=gemma,
         BLOCK=block,
+        PDL=pdl,
         num_warps=row_warps(block),
+        **pdl_launch(pdl),
     )
 
 

@@ -8,7 +8,7 @@ import torch
 
 from llmctl.kernels.kv_write import write_kv_ref
 from llmctl.kernels.rotary import _cos_sin_row, _rotate_heads, apply_rotary_ref, check_rope
-from llmctl.kernels.triton_compat import require_triton, tl, triton
+from llmctl.kernels.triton_compat import pdl_enabled, pdl_launch, pdl_trigger, pdl_wait, require_triton, tl, triton
 from llmctl.kernels.tuning import row_warps
 
 
@@ -43,6 +43,7 @@ def _rotary_write_kv_kernel(
     BLOCK_HK: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One token per program: q (T, nh, hs) and k (T, nkv, hs) rotated in place over dims [0, 2*half), then
     k and v (T, nkv, hs) stored at cache rows (num_blocks*block_size, nkv, hs) slot_mapping (T,).
@@ -51,6 +52,8 @@ def _rotary_write_kv_kernel(
     float32, as kernels/rotary.py does. A negative slot is a padding token: its q/k are rotated, nothing is
     written to the cache.
     """
+    pdl_trigger(PDL)
+    pdl_wait(PDL)
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + tok).to(tl.int64)
     cos, sin = _cos_sin_row(cos_sin_ptr, pos, stride_cos_sin, half, q_ptr, BLOCK_R)
@@ -130,6 +133,7 @@ def rotary_write_kv(
     block_hk = triton.next_power_of_2(num_kv_heads)
     block_r = max(16, triton.next_power_of_2(half))
     block_d = max(16, triton.next_power_of_2(head_size))
+    pdl = pdl_enabled(q.device)
     _rotary_write_kv_kernel[(num_tokens,)](
         q3,
         k3,
@@ -156,7 +160,9 @@ def rotary_write_kv(
         BLOCK_HK=block_hk,
         BLOCK_R=block_r,
         BLOCK_D=block_d,
+        PDL=pdl,
         num_warps=row_warps(max(block_hq * block_r, block_hk * block_d)),
+        **pdl_launch(pdl),
     )
 
 

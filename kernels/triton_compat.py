@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 try:
     import triton
     import triton.language as tl
@@ -33,3 +36,51 @@ def require_triton() -> None:
     """Raise a clear error where a Triton wrapper is called on a machine without triton."""
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed; use the *_ref implementation (LLMCTL_KERNELS=ref)")
+
+
+def pdl_enabled(device) -> bool:
+    """Whether kernels on `device` launch with programmatic dependent launch (PDL): compiled kernels on Hopper or newer
+    (never the CPU interpreter), unless LLMCTL_PDL=0 (for A/B timing).
+
+    A kernel launched so may start while the previous one still runs; it must call pdl_wait before it touches
+    anything an earlier kernel writes, and before it can finish, so that kernels after it see every earlier write.
+    """
+    if device.type != "cuda" or not HAS_TRITON or os.environ.get("LLMCTL_PDL", "1") == "0":
+        return False
+    return _cuda_major(device.index if device.index is not None else _current_device()) >= 9
+
+
+def _current_device() -> int:
+    import torch
+
+    return torch.cuda.current_device()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_major(index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def pdl_launch(enabled: bool) -> dict:
+    """The launch keyword of a kernel launched with PDL (none without)."""
+    return {"launch_pdl": True} if enabled else {}
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def pdl_trigger(PDL: tl.constexpr):
+        """Let the next kernel (if launched with PDL) start now, ahead of this one's end."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
+    def pdl_wait(PDL: tl.constexpr):
+        """Wait until the kernels before this one have finished and their writes are visible."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+
+else:
+    pdl_trigger = pdl_wait = None

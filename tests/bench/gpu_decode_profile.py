@@ -66,6 +66,12 @@ def trace_gaps(trace_path: Path, top: int = 12) -> str:
             gaps.append((gap, prev, nxt))
     lines = [f"GPU busy {busy / 1e3:.2f} ms over a {span / 1e3:.2f} ms span; idle {sum(g for g, _, _ in gaps) / 1e3:.2f} "
              f"ms in {len(gaps)} gaps ({sum(g for g, _, _ in gaps if g > 20) / 1e3:.2f} ms in gaps over 20 us)"]
+    by_next: dict[str, list[float]] = {}
+    for gap, _, nxt in gaps:
+        by_next.setdefault(nxt["name"][:60], []).append(gap)
+    lines.append("idle before each kind of kernel (total us, count, median us):")
+    for name, spans in sorted(by_next.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        lines.append(f"  {sum(spans):9.1f} {len(spans):5d} {sorted(spans)[len(spans) // 2]:7.1f}  {name}")
     for gap, prev, nxt in sorted(gaps, key=lambda t: -t[0])[:top]:
         launch = launches.get(nxt.get("args", {}).get("correlation"))
         lag = f"{nxt['ts'] - launch['ts']:.0f} us after its launch by {launcher(launch['ts'])}" if launch else "?"
@@ -149,6 +155,7 @@ def main() -> None:
                 p.key_averages().table(sort_by="cuda_time_total", row_limit=40)
             )
             p.export_chrome_trace(str(out / "trace_batch1.json"))
+            (out / "gaps_batch1.txt").write_text(trace_gaps(out / "trace_batch1.json", top=20))
         del llm
         torch.cuda.empty_cache()
     (out / "decode_profile.json").write_text(json.dumps(result, indent=2))

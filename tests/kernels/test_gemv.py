@@ -293,14 +293,15 @@ def test_default_routing_rows_and_norm_prologue_size(device, monkeypatch):
 
 
 def test_programmatic_dependent_launch_only_on_hopper_gpus(monkeypatch):
-    """PDL needs compiled kernels on sm_90+: never under the CPU interpreter, and LLMCTL_GEMV_PDL=0 turns it off."""
-    from llmctl.kernels import gemv
+    """PDL needs compiled kernels on sm_90+: never under the CPU interpreter, and LLMCTL_PDL=0 turns it off."""
+    from llmctl.kernels import triton_compat
 
-    assert not gemv._pdl_ok(torch.device("cpu"))
-    monkeypatch.setattr(gemv, "_cuda_major", lambda index: 9)
-    assert gemv._pdl_ok(torch.device("cuda", 0))
-    monkeypatch.setenv("LLMCTL_GEMV_PDL", "0")
-    assert not gemv._pdl_ok(torch.device("cuda", 0))
-    monkeypatch.delenv("LLMCTL_GEMV_PDL")
-    monkeypatch.setattr(gemv, "_cuda_major", lambda index: 8)
-    assert not gemv._pdl_ok(torch.device("cuda", 0))
+    assert not triton_compat.pdl_enabled(torch.device("cpu"))
+    monkeypatch.setattr(triton_compat, "_cuda_major", lambda index: 9)
+    assert triton_compat.pdl_enabled(torch.device("cuda", 0))
+    assert triton_compat.pdl_launch(True) == {"launch_pdl": True} and triton_compat.pdl_launch(False) == {}
+    monkeypatch.setenv("LLMCTL_PDL", "0")
+    assert not triton_compat.pdl_enabled(torch.device("cuda", 0))
+    monkeypatch.delenv("LLMCTL_PDL")
+    monkeypatch.setattr(triton_compat, "_cuda_major", lambda index: 8)
+    assert not triton_compat.pdl_enabled(torch.device("cuda", 0))
