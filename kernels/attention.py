@@ -1,14 +1,16 @@
 """Varlen attention over a packed batch, with and without the paged KV cache: Triton wrappers and torch references.
 
-The prefill kernel is in attention_prefill.py, the split-KV decode kernel in attention_decode.py.
+The prefill kernel is in attention_prefill.py, the split-KV decode kernel in attention_decode.py. rope_paged_attention
+adds rotary and the KV-cache write in front of paged attention (one kernel at decode).
 """
 
 from __future__ import annotations
 
 import torch
 
-from llmctl.kernels.attention_decode import decode_paged, decode_paged_ref
+from llmctl.kernels.attention_decode import DecodeRope, decode_paged, decode_paged_ref
 from llmctl.kernels.attention_prefill import prefill_attention
+from llmctl.kernels.rotary_kv import _check_args, rotary_write_kv, rotary_write_kv_ref
 from llmctl.kernels.triton_compat import require_triton
 from llmctl.kernels.tuning import AttnLaunch
 
@@ -125,6 +127,50 @@ def paged_attention(
     return out
 
 
+def rope_paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    rotary_dim: int,
+    is_neox: bool,
+    slot_mapping: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    causal: bool = True,
+) -> torch.Tensor:
+    """Triton rope_paged_attention_ref. Decode (T == num_seqs, read as paged_attention reads it): one launch of the
+    decode kernel that rotates q in registers and, per sequence and kv head, rotates the new k, writes k/v to the
+    cache and attends to them from registers; q and k are left unrotated. Otherwise rotary_write_kv (q/k rotated in
+    place), then paged_attention. slot_mapping[i] must be the cache slot of sequence i's position seq_lens[i] - 1 (as
+    the scheduler builds it): the fused kernel takes the key at that position from registers, not from the cache.
+    """
+    if q.shape[0] != seq_lens.shape[0]:  # prefill or mixed: the two kernels Attention.forward ran before
+        rotary_write_kv(positions, q, k, v, cos_sin_cache, rotary_dim, is_neox, kv_cache, slot_mapping)
+        return paged_attention(q, kv_cache, query_start_loc, seq_lens, block_tables, scale, sliding_window,
+                               logit_softcap, alibi_slopes, causal, k=k, v=v)
+    _check_qkv(q, kv_cache, "kv_cache")
+    _check_args(q, k, v, positions, cos_sin_cache, rotary_dim, kv_cache, slot_mapping)
+    _check_new_kv(q, k, v, tuple(kv_cache.shape[3:]))
+    if block_tables.dim() != 2 or block_tables.stride(1) != 1:
+        raise ValueError("block_tables must be a (num_seqs, max_blocks) tensor with contiguous rows")
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if q.shape[0] == 0:
+        return out
+    opts = _options(q, scale, sliding_window, logit_softcap, alibi_slopes)
+    rope = DecodeRope(k, v, positions.reshape(-1).contiguous(), slot_mapping.reshape(-1).contiguous(), cos_sin_cache,
+                      rotary_dim, is_neox)
+    decode_paged(q, kv_cache, out, query_start_loc.contiguous(), seq_lens.contiguous(), block_tables, opts, rope=rope)
+    return out
+
+
 def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -229,3 +275,33 @@ def paged_attention_ref(
             q[start:end], k, v, q_pos, k_pos, scale, sliding_window, logit_softcap, alibi_slopes, causal
         )
     return out
+
+
+def rope_paged_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    rotary_dim: int,
+    is_neox: bool,
+    slot_mapping: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    causal: bool = True,
+) -> torch.Tensor:
+    """rotary_write_kv_ref (rotate q and k by positions (T,), write the rotated k and v at slot_mapping (T,), negative
+    slots not written), then paged_attention_ref of the rotated q over the cache. q (T, nh, hd), k/v (T, nkv, hd):
+    the new tokens, not rotated and not in kv_cache (2, num_blocks, block_size, nkv, hd) yet; they may be strided views
+    of one fused qkv output. Returns (T, nh, hd); the cache then holds the rotated new k and v. q's and k's contents
+    afterwards are unspecified: this reference rotates them in place, the Triton decode path leaves them as they were.
+    """
+    rotary_write_kv_ref(positions, q, k, v, cos_sin_cache, rotary_dim, is_neox, kv_cache, slot_mapping)
+    return paged_attention_ref(q, kv_cache, query_start_loc, seq_lens, block_tables, scale, sliding_window,
+                               logit_softcap, alibi_slopes, causal, k=k, v=v)

@@ -1,9 +1,12 @@
-"""Flash-decoding over the paged KV cache: the split-KV decode kernel, its reduction, and their launcher."""
+"""Flash-decoding over the paged KV cache: the split-KV decode kernel (rotary and the KV write optionally folded in)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
+from llmctl.kernels.rotary import _rotated_tile
 from llmctl.kernels.triton_compat import pdl_enabled, pdl_launch, pdl_trigger, pdl_wait, tl, triton
 from llmctl.kernels.tuning import decode_launch, decode_num_splits
 
@@ -23,6 +26,20 @@ def _active_splits(seq_len, window, num_splits, USE_WINDOW: tl.constexpr, BLOCK_
     return lo, tl.maximum(1, tl.minimum(num_splits, tl.cdiv(tiles, MIN_TILES)))
 
 
+@triton.jit
+def _new_kv(new_k_ptr, new_v_ptr, cache_ptr, cos_sin_ptr, tok, pos, kv_head, half, stride_nkt, stride_nkh, stride_nvt,
+            stride_nvh, stride_cos_sin, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_NEOX: tl.constexpr):
+    """Token tok's new key of kv head kv_head rotated by position pos and its value, (BLOCK_D,) each in the cache's
+    dtype: k rounded to its own dtype first, as the reference stores the rotated k before writing the cache."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    t = tok.to(tl.int64)
+    k_ptrs = new_k_ptr + t * stride_nkt + kv_head * stride_nkh + offs_d
+    k = _rotated_tile(k_ptrs, d_mask, offs_d, cos_sin_ptr, pos, stride_cos_sin, half, IS_NEOX)
+    v = tl.load(new_v_ptr + t * stride_nvt + kv_head * stride_nvh + offs_d, mask=d_mask, other=0.0)
+    return k.to(new_k_ptr.dtype.element_ty).to(cache_ptr.dtype.element_ty), v.to(cache_ptr.dtype.element_ty)
+
+
 # Per-step sizes are not specialised on (== 1, divisible by 16): no recompiles in the middle of a run.
 @triton.jit(do_not_specialize=["num_splits", "window", "stride_bt"])
 def _attn_decode_kernel(
@@ -38,12 +55,18 @@ def _attn_decode_kernel(
     seq_lens_ptr,
     block_tables_ptr,
     alibi_ptr,
+    new_k_ptr,
+    new_v_ptr,
+    pos_ptr,
+    slot_ptr,
+    cos_sin_ptr,
     # sizes and options
     num_queries_per_kv,
     num_splits,
     scale,
     softcap,
     window,
+    half,
     # strides
     stride_qt,
     stride_qh,
@@ -56,6 +79,11 @@ def _attn_decode_kernel(
     stride_vs,
     stride_vh,
     stride_bt,
+    stride_nkt,
+    stride_nkh,
+    stride_nvt,
+    stride_nvh,
+    stride_cos_sin,
     # meta-parameters
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -69,6 +97,8 @@ def _attn_decode_kernel(
     USE_ALIBI: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROPE: tl.constexpr,
+    IS_NEOX: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Flash-decoding, one new token per sequence; grid (num_seqs, num_kv_heads, num_splits).
@@ -80,6 +110,12 @@ def _attn_decode_kernel(
     count (num_seqs, nkv) int32, and the last one to finish merges the partials into o and sets the count back to 0
     (no second kernel: at batch 1 its launch cost as much as the merge). num_splits is a runtime value, so CUDA
     graphs of different batch sizes share one compiled kernel.
+
+    ROPE: q and the new token's k/v (new_k, new_v (num_seqs, nkv, hd)) are not rotated and not in the cache yet.
+    Every program rotates its q tile in registers (position pos[token], cos_sin (max_position, 2*half));
+    the program whose key range holds position seq_len-1 (one split per sequence and kv head) also rotates its kv
+    head's new k, stores k and v at cache slot slot[token] and attends to them from registers (a negative slot is
+    padding: nothing written, the cache's row read as it is). q and new_k in memory are left as they were.
     """
     pdl_trigger(PDL)
     pdl_wait(PDL)  # before any early exit: a PDL kernel must not finish ahead of the ones it follows
@@ -98,14 +134,35 @@ def _attn_decode_kernel(
     d_mask = offs_d < HEAD_DIM
     heads = kv_head * num_queries_per_kv + offs_g
     qd_mask = g_mask[:, None] & d_mask[None, :]
-    q = tl.load(q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=qd_mask, other=0.0)  # (BLOCK_G, BLOCK_D)
+    q_ptrs = q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
+    if ROPE:  # rounded to q's dtype, as the rotated q the reference stores
+        pos = tl.load(pos_ptr + q_start).to(tl.int64)
+        q = _rotated_tile(q_ptrs, qd_mask, offs_d, cos_sin_ptr, pos, stride_cos_sin, half, IS_NEOX)
+        q = q.to(q_ptr.dtype.element_ty)  # (BLOCK_G, BLOCK_D)
+    else:
+        q = tl.load(q_ptrs, mask=qd_mask, other=0.0)  # (BLOCK_G, BLOCK_D)
     lo, active = _active_splits(seq_len, window, num_splits, USE_WINDOW, BLOCK_N, MIN_TILES)
     if split >= active:
         return
     tiles_per_split = tl.cdiv(tl.cdiv(seq_len - lo, BLOCK_N), active)
+    if ROPE:
+        # The split holding position seq_len - 1 (split 0 for an empty context; the last split may hold no tile at
+        # all: 5 tiles over 4 splits of 2) writes the new token's k/v to the cache and takes that key from registers,
+        # not back from the cache. A padding token (negative slot) writes nothing and reads the cache as it is.
+        k_new, v_new = _new_kv(new_k_ptr, new_v_ptr, k_ptr, cos_sin_ptr, q_start, pos, kv_head, half, stride_nkt,
+                               stride_nkh, stride_nvt, stride_nvh, stride_cos_sin, HEAD_DIM, BLOCK_D, IS_NEOX)
+        slot_new = tl.load(slot_ptr + q_start).to(tl.int64)
+        last_tile = tl.maximum(tl.cdiv(seq_len - lo, BLOCK_N) - 1, 0)
+        fresh = (split == last_tile // tl.maximum(tiles_per_split, 1)) & (slot_new >= 0) & (seq_len > 0)
+        if fresh:
+            row = (slot_new // PAGE_SIZE) * stride_kb + (slot_new % PAGE_SIZE) * stride_ks + kv_head * stride_kh
+            tl.store(k_ptr + row + offs_d, k_new, mask=d_mask)
+            row = (slot_new // PAGE_SIZE) * stride_vb + (slot_new % PAGE_SIZE) * stride_vs + kv_head * stride_vh
+            tl.store(v_ptr + row + offs_d, v_new, mask=d_mask)
     start = lo + split * tiles_per_split * BLOCK_N
     end = tl.minimum(seq_len, start + tiles_per_split * BLOCK_N)
+    if ROPE:
+        end -= fresh.to(tl.int32)  # the new key joins after the loop
     if USE_ALIBI:
         slopes = tl.load(alibi_ptr + heads, mask=g_mask, other=0.0).to(tl.float32)
 
@@ -135,6 +192,18 @@ def _attn_decode_kernel(
         alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    if ROPE:  # the new token's key and value, as one more key of the loop (exp2(-inf) = 0 where not fresh)
+        s_new = tl.sum(q.to(k_new.dtype).to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale  # (BLOCK_G,)
+        if USE_SOFTCAP:
+            s_new = softcap * (2.0 * tl.sigmoid(2.0 * s_new / softcap) - 1.0)
+        s_new = tl.where(fresh, s_new, float("-inf"))  # ALiBi adds 0 at the query's own position
+        m_new = tl.maximum(m_i, s_new)
+        p_new = tl.exp2((s_new - m_new) * 1.4426950408889634)
+        alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+        l_i = l_i * alpha + p_new
+        p_v = p_new.to(v_new.dtype).to(tl.float32)[:, None] * v_new.to(tl.float32)[None, :]
+        acc = acc * alpha[:, None] + p_v
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     if (not SPLIT) or active == 1:
@@ -192,12 +261,29 @@ def _split_counters(n: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
+class DecodeRope(NamedTuple):
+    """What the decode kernel needs to rotate q and the new k and write k/v to the cache itself (ROPE).
+
+    k, v (num_seqs, nkv, hd) contiguous in hd: the new tokens' keys and values, not rotated, not in the cache;
+    positions, slot_mapping (num_seqs,) contiguous integers; cos_sin_cache (max_position, rotary_dim) contiguous rows.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    cos_sin_cache: torch.Tensor
+    rotary_dim: int
+    is_neox: bool
+
+
 def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts: dict, num_splits: int | None = None,
-                 min_tiles: int | None = None):
+                 min_tiles: int | None = None, rope: DecodeRope | None = None):
     """Launch the split-KV decode kernel (its last split of each sequence and kv head merges the partials).
 
     num_splits sizes the grid (default: from the block table's capacity); each sequence uses as many of them as its
-    context fills with min_tiles key tiles apiece (default: MIN_SPLIT_KEYS keys).
+    context fills with min_tiles key tiles apiece (default: MIN_SPLIT_KEYS keys). rope: the same launch also rotates
+    q and the new k and writes the new k/v to the cache (q and rope.k in memory stay as they were).
     """
     num_seqs, num_heads, head_dim = q.shape[0], q.shape[1], q.shape[2]
     page_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
@@ -216,15 +302,24 @@ def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts
         part_o = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=q.device)
         counts = _split_counters(num_seqs * num_kv_heads, q.device)
+    if rope is None:  # placeholders the kernel never reads
+        new_k = new_v = pos = slots = cos_sin = q
+        half, new_strides, stride_cos_sin = 0, (0, 0, 0, 0), 0
+    else:
+        new_k, new_v, pos, slots, cos_sin = rope.k, rope.v, rope.positions, rope.slot_mapping, rope.cos_sin_cache
+        half, stride_cos_sin = rope.rotary_dim // 2, cos_sin.stride(0)
+        new_strides = (new_k.stride(0), new_k.stride(1), new_v.stride(0), new_v.stride(1))
     pdl = pdl_enabled(q.device)
     _attn_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k, v, out, part_o, part_ml, counts, query_start_loc, seq_lens, block_tables, opts["alibi"],
-        group, num_splits, opts["scale"], opts["softcap"], opts["window"],
+        new_k, new_v, pos, slots, cos_sin,
+        group, num_splits, opts["scale"], opts["softcap"], opts["window"], half,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *k.stride()[:3], *v.stride()[:3],
-        block_tables.stride(0),
+        block_tables.stride(0), *new_strides, stride_cos_sin,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
-        PAGE_SIZE=page_size, SPLIT=num_splits > 1, MIN_TILES=min_tiles, **opts["meta"], PDL=pdl, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **pdl_launch(pdl),
+        PAGE_SIZE=page_size, SPLIT=num_splits > 1, MIN_TILES=min_tiles, **opts["meta"], ROPE=rope is not None,
+        IS_NEOX=rope is not None and bool(rope.is_neox), PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl_launch(pdl),
     )
 
 

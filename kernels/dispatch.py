@@ -23,6 +23,7 @@ _OPS: dict[str, tuple[str, str, str | None]] = {
     "write_kv": ("kv_write", "write_kv_ref", "write_kv"),
     "rotary_write_kv": ("rotary_kv", "rotary_write_kv_ref", "rotary_write_kv"),
     "paged_attention": ("attention", "paged_attention_ref", "paged_attention"),
+    "rope_paged_attention": ("attention", "rope_paged_attention_ref", "rope_paged_attention"),
     "varlen_attention": ("attention", "varlen_attention_ref", "varlen_attention"),
     "linear": ("gemv", "linear_ref", "linear"),
     "rms_norm_linear": ("gemv", "rms_norm_linear_ref", "rms_norm_linear"),

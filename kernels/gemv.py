@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -21,9 +19,12 @@ GEMV_ROWS = 2
 # The norm prologue re-reads x (and the residual) in every program: past this many weight bytes (Llama-3-8B's qkv
 # 48 MiB, gate_up 224 MiB) the separate norm kernel + GEMV measured faster; below it (Qwen2.5-0.5B) the fused one.
 NORM_PROLOGUE_MAX_BYTES = 32 << 20
-# Programmatic dependent launch pays for the latency-bound projections below this size (Qwen2.5-0.5B decode 1,134 ->
-# 1,146 tok/s on an H100) and cost the bandwidth-bound ones above it (Llama-3-8B 171.3 -> 164.9 with it everywhere).
-PDL_MAX_BYTES = 32 << 20
+# Every GEMV launches with programmatic dependent launch (PDL) on Hopper. Below this size a projection is latency-bound:
+# it lets the next kernel launch at once and loads its first weight tile before waiting (Qwen2.5-0.5B decode 1,134 ->
+# 1,146 tok/s on an H100). From this size on it only waits (launched early, it is resident when the kernel before it
+# ends): letting the next kernel launch early, or the extra tile in flight, cost the bandwidth-bound ones (Llama-3-8B
+# 174.0 tok/s waiting only; 172.3 with the early launch of the next kernel; 164.9 with both, 171.3 without PDL).
+PDL_EARLY_MAX_BYTES = 32 << 20
 _GEMV_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _PLAIN, _NORM, _SILU, _GELU_TANH = 0, 1, 2, 3  # prologue kinds (the kernel's PROLOGUE)
 _ACTS = {"silu": _SILU, "gelu_tanh": _GELU_TANH}
@@ -60,7 +61,7 @@ def _gemv_kernel(
     LATE_REDUCE: tl.constexpr,
     PREFETCH: tl.constexpr,
     PDL: tl.constexpr,
-    LATE_TRIGGER: tl.constexpr,
+    EARLY_TRIGGER: tl.constexpr,
 ):
     """out (M, N) = prologue(x) @ w.T + bias; w (N, K), bias (N,); grid (cdiv(N, BLOCK_N),).
 
@@ -71,11 +72,11 @@ def _gemv_kernel(
     added in float32, the output rounded once. Each program streams its BLOCK_N rows of w once for all M rows.
     LATE_REDUCE keeps a (BLOCK_M, BLOCK_N, BLOCK_K) float32 accumulator and sums over K once after the loop: half
     the instructions per step (no cross-lane shuffles), twice the registers.
-    PDL (launched with programmatic dependent launch, Hopper+): the kernel lets the next one launch at once and
-    starts streaming its first weight tile (weights are never written by a step) before waiting for the previous
-    kernel's results; nothing the previous kernels write is read or written before that wait.
+    PDL (launched with programmatic dependent launch, Hopper+): the kernel may start before the previous one ends and
+    waits for its results before touching anything a kernel writes (with PREFETCH its first weight tile streams
+    before that wait: weights are never written by a step). EARLY_TRIGGER also lets the next kernel launch at once.
     """
-    if not LATE_TRIGGER:
+    if EARLY_TRIGGER:
         pdl_trigger(PDL)
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
@@ -148,8 +149,6 @@ def _gemv_kernel(
             acc += tl.sum(h[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)  # (BLOCK_M, BLOCK_N)
     if LATE_REDUCE:
         acc = tl.sum(acc3, axis=2)  # (BLOCK_M, BLOCK_N)
-    if LATE_TRIGGER:  # the next kernel starts while this one's last programs finish
-        pdl_trigger(PDL)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rows_w).to(tl.float32)[None, :]
@@ -174,9 +173,8 @@ def _gemv(
     m, n = out.shape
     k = weight.shape[1]
     kind = "plain" if prologue == _PLAIN else "norm" if prologue == _NORM else "act"
-    big = weight.numel() * weight.element_size() >= PDL_MAX_BYTES
-    big_mode = os.environ.get("LLMCTL_PDL_BIG", "off")  # experiment: off | late | early
-    pdl = pdl_enabled(weight.device) and (not big or big_mode != "off")
+    pdl = pdl_enabled(weight.device)
+    early = pdl and weight.numel() * weight.element_size() < PDL_EARLY_MAX_BYTES
     cfg = launch if launch is not None else gemv_launch(n, k, m, weight.dtype, kind)
     has_res = residual is not None
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
@@ -203,9 +201,9 @@ def _gemv(
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         LATE_REDUCE=cfg.late_reduce,
-        PREFETCH=cfg.prefetch or pdl,  # under PDL the first tile's load is what overlaps the previous kernel
+        PREFETCH=cfg.prefetch or early,  # the first tile's load overlaps the previous kernel
         PDL=pdl,
-        LATE_TRIGGER=big and big_mode == "late",
+        EARLY_TRIGGER=early,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **pdl_launch(pdl),

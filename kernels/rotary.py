@@ -40,6 +40,29 @@ def _cos_sin_row(cache_ptr, pos, stride_cache, half, dtype_ptr, BLOCK_R: tl.cons
     return cos.to(dtype_ptr.dtype.element_ty).to(tl.float32), sin.to(dtype_ptr.dtype.element_ty).to(tl.float32)
 
 
+@triton.jit
+def _rotated_tile(ptrs, mask, offs_d, cos_sin_ptr, pos, stride_cos_sin, half, IS_NEOX: tl.constexpr):
+    """Load the head rows at ptrs (..., BLOCK_D) (dims offs_d (BLOCK_D,) of each head) and return them rotated by
+    position pos, float32: the pair formula of _rotate_heads (x1 c - x2 s, x2 c + x1 s) on the whole head at once,
+    each dim reading its pair partner from memory. Dims >= 2*half pass through exactly (cos 1, sin 0). cos/sin are
+    rounded to the rows' dtype first, as the reference does; round the result to that dtype to match it too."""
+    rot = offs_d < 2 * half
+    if IS_NEOX:  # pairs (i, i + half)
+        first = offs_d < half
+        delta = tl.where(first, half, -half)
+        col = tl.where(first, offs_d, offs_d - half)
+    else:  # pairs (2i, 2i + 1)
+        first = offs_d % 2 == 0
+        delta = tl.where(first, 1, -1)
+        col = offs_d // 2
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    partner = tl.load(ptrs + delta, mask=mask & rot, other=0.0).to(tl.float32)
+    row = cos_sin_ptr + pos * stride_cos_sin
+    cos = tl.load(row + col, mask=rot, other=1.0).to(x.dtype).to(tl.float32)
+    sin = tl.load(row + half + col, mask=rot, other=0.0).to(x.dtype).to(tl.float32)
+    return x.to(tl.float32) * cos - partner * tl.where(first, sin, -sin)
+
+
 def check_rope(rotary_dim: int, head_size: int, cos_sin_cache: torch.Tensor) -> None:
     """The rotary arguments both Triton rotary ops take: an even rotary_dim within the head, a matching cache."""
     if rotary_dim % 2 or not 0 < rotary_dim <= head_size:

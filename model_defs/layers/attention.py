@@ -1,4 +1,4 @@
-"""The attention layer: write new k/v into the paged cache, then attend through the dispatched kernel."""
+"""The attention layer: rotate q/k, write new k/v into the paged cache and attend, through the dispatched kernels."""
 
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ class Attention(nn.Module):
         rope: RotaryEmbedding | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """rope (with positions (T,)): q and k are not rotated yet; with a KV cache one kernel rotates them and
-        writes the cache (q/k rotated in place, so they must not be needed unrotated after), else rope runs first."""
+        """rope (with positions (T,)): q and k are not rotated yet; with a KV cache one op rotates them, writes the
+        cache and attends (q/k's contents after are unspecified, so they must not be needed after), else rope runs
+        first."""
         meta = ctx.attn_metadata
         if rope is not None and positions is None:
             raise ValueError("Attention.forward got a rope without positions")
@@ -76,15 +77,15 @@ class Attention(nn.Module):
             kv_cache = ctx.kv_caches[self.layer_idx]
             if rope is None:
                 get_op("write_kv", q.device)(k, v, kv_cache, meta.slot_mapping)
-            else:
-                get_op("rotary_write_kv", q.device)(
-                    positions, q, k, v, rope.cos_sin_cache_on(q.device), rope.rotary_dim, rope.is_neox_style,
-                    kv_cache, meta.slot_mapping,
+                # k/v hold the batch's new keys: prefill reads them there, not through the cache
+                out = get_op("paged_attention", q.device)(
+                    q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, k=k, v=v, **options
                 )
-            # k/v (rotated in place above) hold the batch's new keys: prefill reads them there, not through the cache
-            out = get_op("paged_attention", q.device)(
-                q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, k=k, v=v, **options
-            )
+            else:  # at decode one kernel rotates, writes the cache and attends
+                out = get_op("rope_paged_attention", q.device)(
+                    q, k, v, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, positions,
+                    rope.cos_sin_cache_on(q.device), rope.rotary_dim, rope.is_neox_style, meta.slot_mapping, **options,
+                )
         return out.reshape(-1, self.num_heads * self.head_dim)
 
     def extra_repr(self) -> str:

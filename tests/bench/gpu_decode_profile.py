@@ -94,7 +94,7 @@ def profile_prefill(model: str, n: int, max_model_len: int, out: Path) -> None:
         llm.generate([prompt], params, use_tqdm=False)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as p:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
         llm.generate([prompt], params, use_tqdm=False)
     trace = out / f"prefill{n}_trace.json"
     p.export_chrome_trace(str(trace))

@@ -46,6 +46,24 @@ def layer_timeline(engine, model, prompt, params) -> list[str]:
     return lines
 
 
+def host_hotspots(engine, prompt, params, top: int = 25) -> list[str]:
+    """One more request under a CPU-only torch profiler (no CUPTI, so no first-launch artefacts): the ops with the
+    most self time on the host, with when each started relative to the first op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.add_request(engine.next_request_id(), params, prompt_token_ids=prompt)
+        while engine.has_unfinished_requests():
+            engine.step()
+        torch.cuda.synchronize()
+    events = list(prof.events())
+    t0 = min(e.time_range.start for e in events)
+    hot = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return [f"{e.self_cpu_time_total:8.1f} us self at +{(e.time_range.start - t0) / 1e3:7.2f} ms  {e.name[:70]}"
+            for e in hot]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -97,6 +115,7 @@ def main() -> None:
             rows.append(row)
     summary = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     summary["per_layer"] = layer_timeline(engine, model, prompt, params)
+    summary["host_hotspots"] = host_hotspots(engine, prompt, params)
     summary["device"] = torch.cuda.get_device_name()
     summary["prompt_len"] = args.len
     print(json.dumps(summary, indent=2))

@@ -290,18 +290,3 @@ def test_default_routing_rows_and_norm_prologue_size(device, monkeypatch):
     for got in (fused, split):
         assert_close(got[0], expected[0], **_tol(expected[0]))
         assert_close(got[1], expected[1])
-
-
-def test_programmatic_dependent_launch_only_on_hopper_gpus(monkeypatch):
-    """PDL needs compiled kernels on sm_90+: never under the CPU interpreter, and LLMCTL_PDL=0 turns it off."""
-    from llmctl.kernels import triton_compat
-
-    assert not triton_compat.pdl_enabled(torch.device("cpu"))
-    monkeypatch.setattr(triton_compat, "_cuda_major", lambda index: 9)
-    assert triton_compat.pdl_enabled(torch.device("cuda", 0))
-    assert triton_compat.pdl_launch(True) == {"launch_pdl": True} and triton_compat.pdl_launch(False) == {}
-    monkeypatch.setenv("LLMCTL_PDL", "0")
-    assert not triton_compat.pdl_enabled(torch.device("cuda", 0))
-    monkeypatch.delenv("LLMCTL_PDL")
-    monkeypatch.setattr(triton_compat, "_cuda_major", lambda index: 8)
-    assert not triton_compat.pdl_enabled(torch.device("cuda", 0))
