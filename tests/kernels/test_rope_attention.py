@@ -244,3 +244,13 @@ def test_dispatch_and_layer_use_the_op(device, monkeypatch):
     assert calls == ["rope_paged_attention"] * 2
     assert_close(got, expected, **OUT_TOL[torch.float32])
     assert_close(got_cache, expected_cache, **CACHE_TOL[torch.float32])
+
+
+def test_float32_decode_runs_unpipelined():
+    """Guard: the fused decode kernel in float32 with Triton's 2-stage pipelining returned NaN on an H100 (kernels/tuning.py
+    decode_launch); float32 tiles keep one stage, the 16-bit tiles stay pipelined."""
+    from llmctl.kernels.tuning import decode_launch
+
+    for block_d in (64, 128, 256):
+        assert decode_launch(block_d, torch.float32).num_stages == 1
+    assert decode_launch(128, torch.bfloat16).num_stages > 1
