@@ -106,7 +106,17 @@ def paged_attention(
     max_query_len == 1 is read without a device sync as "one query row per sequence" (T == num_seqs), which
     holds for every batch the scheduler builds (no sequence in a batch has zero new tokens).
     """
+    return _paged_attention(q, kv_cache, query_start_loc, seq_lens, block_tables, scale, sliding_window, logit_softcap,
+                            alibi_slopes, causal, k, v, launch)
+
+
+def _paged_attention(q, kv_cache, query_start_loc, seq_lens, block_tables, scale, sliding_window, logit_softcap,
+                     alibi_slopes, causal, k, v, launch, rope: DecodeRope | None = None) -> torch.Tensor:
+    """paged_attention's checks and launch; rope (decode batches only) has the decode kernel rotate and write the new
+    k/v itself (rope_paged_attention)."""
     _check_qkv(q, kv_cache, "kv_cache")
+    if rope is not None:
+        _check_args(q, k, v, rope.positions, rope.cos_sin_cache, rope.rotary_dim, kv_cache, rope.slot_mapping)
     if kv_cache.dim() != 5 or kv_cache.shape[0] != 2:
         raise ValueError(f"kv_cache must be (2, num_blocks, block_size, nkv, hd), got {tuple(kv_cache.shape)}")
     if block_tables.dim() != 2 or block_tables.stride(1) != 1:
@@ -121,7 +131,7 @@ def paged_attention(
     opts = _options(q, scale, sliding_window, logit_softcap, alibi_slopes)
     query_start_loc, seq_lens = query_start_loc.contiguous(), seq_lens.contiguous()
     if q.shape[0] == seq_lens.shape[0]:
-        decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts)
+        decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts, rope=rope)
     else:
         prefill_attention(q, k, v, kv_cache, out, query_start_loc, seq_lens, block_tables, causal, opts, launch)
     return out
@@ -156,19 +166,10 @@ def rope_paged_attention(
         rotary_write_kv(positions, q, k, v, cos_sin_cache, rotary_dim, is_neox, kv_cache, slot_mapping)
         return paged_attention(q, kv_cache, query_start_loc, seq_lens, block_tables, scale, sliding_window,
                                logit_softcap, alibi_slopes, causal, k=k, v=v)
-    _check_qkv(q, kv_cache, "kv_cache")
-    _check_args(q, k, v, positions, cos_sin_cache, rotary_dim, kv_cache, slot_mapping)
-    _check_new_kv(q, k, v, tuple(kv_cache.shape[3:]))
-    if block_tables.dim() != 2 or block_tables.stride(1) != 1:
-        raise ValueError("block_tables must be a (num_seqs, max_blocks) tensor with contiguous rows")
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if q.shape[0] == 0:
-        return out
-    opts = _options(q, scale, sliding_window, logit_softcap, alibi_slopes)
     rope = DecodeRope(k, v, positions.reshape(-1).contiguous(), slot_mapping.reshape(-1).contiguous(), cos_sin_cache,
                       rotary_dim, is_neox)
-    decode_paged(q, kv_cache, out, query_start_loc.contiguous(), seq_lens.contiguous(), block_tables, opts, rope=rope)
-    return out
+    return _paged_attention(q, kv_cache, query_start_loc, seq_lens, block_tables, scale, sliding_window, logit_softcap,
+                            alibi_slopes, causal, k, v, None, rope)
 
 
 def _attend(

@@ -302,7 +302,7 @@ def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts
         part_o = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_ml = torch.empty(num_seqs, num_heads, num_splits, 2, dtype=torch.float32, device=q.device)
         counts = _split_counters(num_seqs * num_kv_heads, q.device)
-    if rope is None:  # placeholders the kernel never reads
+    if rope is None:  # without ROPE the kernel reads none of these: any pointer and stride will do
         new_k = new_v = pos = slots = cos_sin = q
         half, new_strides, stride_cos_sin = 0, (0, 0, 0, 0), 0
     else:
