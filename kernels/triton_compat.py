@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 
+import torch
+
 try:
     import triton
     import triton.language as tl
@@ -38,7 +40,7 @@ def require_triton() -> None:
         raise RuntimeError("triton is not installed; use the *_ref implementation (LLMCTL_KERNELS=ref)")
 
 
-def pdl_enabled(device) -> bool:
+def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels on `device` launch with programmatic dependent launch (PDL): compiled kernels on Hopper or newer
     (never the CPU interpreter), unless LLMCTL_PDL=0 (for A/B timing).
 
@@ -47,19 +49,11 @@ def pdl_enabled(device) -> bool:
     """
     if device.type != "cuda" or not HAS_TRITON or os.environ.get("LLMCTL_PDL", "1") == "0":
         return False
-    return _cuda_major(device.index if device.index is not None else _current_device()) >= 9
-
-
-def _current_device() -> int:
-    import torch
-
-    return torch.cuda.current_device()
+    return _cuda_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
 
 
 @functools.lru_cache(maxsize=None)
 def _cuda_major(index: int) -> int:
-    import torch
-
     return torch.cuda.get_device_capability(index)[0]
 
 
