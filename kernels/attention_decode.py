@@ -124,9 +124,13 @@ def _attn_decode_kernel(
     split = tl.program_id(2)
     num_heads = tl.num_programs(1) * num_queries_per_kv
     q_start = tl.load(query_start_loc_ptr + seq)
-    if tl.load(query_start_loc_ptr + seq + 1) == q_start:
+    q_end = tl.load(query_start_loc_ptr + seq + 1)
+    seq_len = tl.load(seq_lens_ptr + seq)  # issued with the two above: one round trip, not two
+    if q_end == q_start:
         return
-    seq_len = tl.load(seq_lens_ptr + seq)
+    lo, active = _active_splits(seq_len, window, num_splits, USE_WINDOW, BLOCK_N, MIN_TILES)
+    if split >= active:  # a split the context does not reach exits before loading anything else
+        return
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
@@ -141,9 +145,6 @@ def _attn_decode_kernel(
         q = q.to(q_ptr.dtype.element_ty)  # (BLOCK_G, BLOCK_D)
     else:
         q = tl.load(q_ptrs, mask=qd_mask, other=0.0)  # (BLOCK_G, BLOCK_D)
-    lo, active = _active_splits(seq_len, window, num_splits, USE_WINDOW, BLOCK_N, MIN_TILES)
-    if split >= active:
-        return
     tiles_per_split = tl.cdiv(tl.cdiv(seq_len - lo, BLOCK_N), active)
     if ROPE:
         # The split holding position seq_len - 1 (split 0 for an empty context; the last split may hold no tile at

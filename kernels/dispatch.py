@@ -28,6 +28,7 @@ _OPS: dict[str, tuple[str, str, str | None]] = {
     "linear": ("gemv", "linear_ref", "linear"),
     "rms_norm_linear": ("gemv", "rms_norm_linear_ref", "rms_norm_linear"),
     "act_and_mul_linear": ("gemv", "act_and_mul_linear_ref", "act_and_mul_linear"),
+    "argmax": ("argmax", "argmax_ref", "argmax"),
 }
 
 

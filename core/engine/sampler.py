@@ -39,6 +39,7 @@ import torch
 
 from llmctl.core.engine.sampling_params import SamplingParams
 from llmctl.core.engine.staging import host_to_device
+from llmctl.kernels.dispatch import get_op
 
 Logprobs = dict[int, tuple[float, int]]
 
@@ -259,7 +260,7 @@ class Sampler:
         x = apply_min_tokens(apply_penalties(x, states), states, pending, inplace=owned or x is not logits)
         if not any(greedy):
             return self._sample_random(x, states)
-        token_ids = x.argmax(dim=-1)
+        token_ids = get_op("argmax", device)(x)  # Triton on CUDA: torch's is one block per row
         if not all(greedy):
             random_rows = [i for i, g in enumerate(greedy) if not g]
             rows = host_to_device(random_rows, device)
