@@ -101,16 +101,21 @@ class GemvLaunch:
 # (n, k, block_m = next power of two of m, dtype, prologue) -> GEMV launch; prologue "plain", "norm" (rms_norm_linear)
 # or "act" (act_and_mul_linear), falling back to the plain entry. One-row entries: `tests/bench/gpu_gemv_graph.py` on
 # an H100 80GB HBM3 (triton 3.6, 2026-11-27): calls back to back in a CUDA graph, weights cycled past the L2; us per
-# call beside cuBLAS (F.linear) in the same run. Two-row entries: `tests/bench/gpu_gemv_sweep.py` (L2 flushed per
-# call, so its times include a launch each). At 4 and 8 rows cuBLAS won most shapes (kernels/gemv.py GEMV_ROWS).
+# call beside cuBLAS (F.linear) in the same run. Llama-3-8B's qkv, o and gate_up entries were then re-chosen end to
+# end (`llmctl bench` batch-1 decode, the model's other kernels around them under PDL; BENCHMARKS.md): tiles that
+# lost in isolation won there. Two-row entries: `tests/bench/gpu_gemv_sweep.py` (L2 flushed per call, so its times
+# include a launch each). At 4 and 8 rows cuBLAS won most shapes (kernels/gemv.py GEMV_ROWS).
 # Untabled shapes use gemv_heuristic.
 _B = torch.bfloat16
 _GEMV: dict[tuple[int, int, int, torch.dtype, str], GemvLaunch] = {
     # Llama-3-8B
-    (6144, 4096, 1, _B, "plain"): GemvLaunch(16, 1024, 8, 1, prefetch=False),  # qkv 20.5 us, cuBLAS 20.6
+    # qkv (16, 1024, 8) 20.5 us alone, cuBLAS 20.6; in the model (8, 1024, 4) 180.5 vs 179.8 tok/s
+    (6144, 4096, 1, _B, "plain"): GemvLaunch(8, 1024, 4, 1, prefetch=False),
     (6144, 4096, 1, _B, "norm"): GemvLaunch(16, 1024, 8, 1, prefetch=False),  # 22.8 us; norm kernel + cuBLAS 23.4
-    (4096, 4096, 1, _B, "plain"): GemvLaunch(4, 512, 4, 1),  # o 15.3 us, cuBLAS 15.7
-    (28672, 4096, 1, _B, "plain"): GemvLaunch(8, 512, 4, 1, True, prefetch=False),  # gate_up 78.9 us, cuBLAS 93.7
+    # o (4, 512, 4) 15.3 us alone, cuBLAS 15.7; in the model two warps over (2, 1024) 178.0 vs 175.1 tok/s
+    (4096, 4096, 1, _B, "plain"): GemvLaunch(2, 1024, 2, 1),
+    # gate_up (8, 512, 4) 78.9 us alone, cuBLAS 93.7; in the model (4, 1024, 4) 176.7 vs 175.1 tok/s
+    (28672, 4096, 1, _B, "plain"): GemvLaunch(4, 1024, 4, 1, True, prefetch=False),
     (4096, 14336, 1, _B, "plain"): GemvLaunch(4, 1024, 4, 1, prefetch=False),  # down 41.8 us, cuBLAS 44.0
     (4096, 14336, 1, _B, "act"): GemvLaunch(4, 1024, 4, 1),  # 42.6 us; act kernel + cuBLAS 45.9
     (128256, 4096, 1, _B, "plain"): GemvLaunch(2, 1024, 4, 1),  # lm_head 335.0 us, cuBLAS 428.9
