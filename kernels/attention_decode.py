@@ -40,6 +40,41 @@ def _new_kv(new_k_ptr, new_v_ptr, cache_ptr, cos_sin_ptr, tok, pos, kv_head, hal
     return k.to(new_k_ptr.dtype.element_ty).to(cache_ptr.dtype.element_ty), v.to(cache_ptr.dtype.element_ty)
 
 
+@triton.jit
+def _kv_tile(k_ptr, v_ptr, table_ptr, offs_n, n_mask, offs_d, d_mask, kv_head, stride_kb, stride_ks, stride_kh,
+             stride_vb, stride_vs, stride_vh, PAGE_SIZE: tl.constexpr):
+    """Keys offs_n of one sequence (its block-table row at table_ptr) for kv head kv_head: K transposed
+    (BLOCK_D, BLOCK_N) and V (BLOCK_N, BLOCK_D), zero where masked."""
+    block = tl.load(table_ptr + offs_n // PAGE_SIZE, mask=n_mask, other=0).to(tl.int64)
+    slot = offs_n % PAGE_SIZE
+    k_off = block * stride_kb + slot * stride_ks + kv_head * stride_kh
+    v_off = block * stride_vb + slot * stride_vs + kv_head * stride_vh
+    kt = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=n_mask[None, :] & d_mask[:, None], other=0.0)
+    v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    return kt, v
+
+
+@triton.jit
+def _attend_tile(q, kt, v, offs_n, n_mask, m_i, l_i, acc, scale, softcap, slopes, seq_len, USE_SOFTCAP: tl.constexpr,
+                 USE_ALIBI: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One key tile into the running softmax (m_i, l_i) and output acc of the query group q (BLOCK_G, BLOCK_D)."""
+    if UPCAST:  # the CPU interpreter's bf16 dot is wrong (triton 3.9): multiply in fp32 there
+        kt = kt.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q.to(kt.dtype), kt, input_precision=DOT_PREC) * scale  # (BLOCK_G, BLOCK_N)
+    if USE_SOFTCAP:
+        s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
+    if USE_ALIBI:
+        s += slopes[:, None] * (offs_n - (seq_len - 1)).to(tl.float32)[None, :]
+    s = tl.where(n_mask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+    alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return m_new, l_i, acc
+
+
 # Per-step sizes are not specialised on (== 1, divisible by 16): no recompiles in the middle of a run.
 @triton.jit(do_not_specialize=["num_splits", "window", "stride_bt"])
 def _attn_decode_kernel(
@@ -100,6 +135,7 @@ def _attn_decode_kernel(
     ROPE: tl.constexpr,
     IS_NEOX: tl.constexpr,
     PDL: tl.constexpr,
+    LATE_TRIGGER: tl.constexpr,
 ):
     """Flash-decoding, one new token per sequence; grid (num_seqs, num_kv_heads, num_splits).
 
@@ -117,8 +153,12 @@ def _attn_decode_kernel(
     head's new k, stores k and v at cache slot slot[token] and attends to them from registers (a negative slot is
     padding: nothing written, the cache's row read as it is). q and new_k in memory are left as they were.
     """
-    pdl_trigger(PDL)
-    pdl_wait(PDL)  # before any early exit: a PDL kernel must not finish ahead of the ones it follows
+    # Without ROPE the new key is in the cache already, written by the kernel just before: wait first. With ROPE this
+    # kernel writes it itself, so the step's inputs (query_start_loc ... block tables, written before the step's
+    # first kernel) and the older keys can load before the wait, while the kernel before this one finishes.
+    pdl_trigger(PDL and not LATE_TRIGGER)
+    if not ROPE:
+        pdl_wait(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -126,10 +166,10 @@ def _attn_decode_kernel(
     q_start = tl.load(query_start_loc_ptr + seq)
     q_end = tl.load(query_start_loc_ptr + seq + 1)
     seq_len = tl.load(seq_lens_ptr + seq)  # issued with the two above: one round trip, not two
-    if q_end == q_start:
-        return
     lo, active = _active_splits(seq_len, window, num_splits, USE_WINDOW, BLOCK_N, MIN_TILES)
-    if split >= active:  # a split the context does not reach exits before loading anything else
+    if (q_end == q_start) | (split >= active):  # no token, or a split the context does not reach
+        if ROPE:
+            pdl_wait(PDL)  # before any exit: a PDL kernel must not finish ahead of the ones it follows
         return
 
     offs_g = tl.arange(0, BLOCK_G)
@@ -138,62 +178,57 @@ def _attn_decode_kernel(
     d_mask = offs_d < HEAD_DIM
     heads = kv_head * num_queries_per_kv + offs_g
     qd_mask = g_mask[:, None] & d_mask[None, :]
-    q_ptrs = q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
-    if ROPE:  # rounded to q's dtype, as the rotated q the reference stores
-        pos = tl.load(pos_ptr + q_start).to(tl.int64)
-        q = _rotated_tile(q_ptrs, qd_mask, offs_d, cos_sin_ptr, pos, stride_cos_sin, half, IS_NEOX)
-        q = q.to(q_ptr.dtype.element_ty)  # (BLOCK_G, BLOCK_D)
-    else:
-        q = tl.load(q_ptrs, mask=qd_mask, other=0.0)  # (BLOCK_G, BLOCK_D)
     tiles_per_split = tl.cdiv(tl.cdiv(seq_len - lo, BLOCK_N), active)
+    start = lo + split * tiles_per_split * BLOCK_N
+    end = tl.minimum(seq_len, start + tiles_per_split * BLOCK_N)
     if ROPE:
         # The split holding position seq_len - 1 (split 0 for an empty context; the last split may hold no tile at
         # all: 5 tiles over 4 splits of 2) writes the new token's k/v to the cache and takes that key from registers,
         # not back from the cache. A padding token (negative slot) writes nothing and reads the cache as it is.
-        k_new, v_new = _new_kv(new_k_ptr, new_v_ptr, k_ptr, cos_sin_ptr, q_start, pos, kv_head, half, stride_nkt,
-                               stride_nkh, stride_nvt, stride_nvh, stride_cos_sin, HEAD_DIM, BLOCK_D, IS_NEOX)
+        pos = tl.load(pos_ptr + q_start).to(tl.int64)
         slot_new = tl.load(slot_ptr + q_start).to(tl.int64)
         last_tile = tl.maximum(tl.cdiv(seq_len - lo, BLOCK_N) - 1, 0)
         fresh = (split == last_tile // tl.maximum(tiles_per_split, 1)) & (slot_new >= 0) & (seq_len > 0)
+        end -= fresh.to(tl.int32)  # the new key joins after the loop
+    # The first key tile (masked off where the split holds none), ahead of the wait with ROPE.
+    offs_n = start + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < end
+    kt, v = _kv_tile(k_ptr, v_ptr, block_tables_ptr + seq * stride_bt, offs_n, n_mask, offs_d, d_mask, kv_head,
+                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, PAGE_SIZE)
+    if ROPE:
+        pdl_wait(PDL)  # q and the new k/v are the previous kernel's output
+    pdl_trigger(PDL and LATE_TRIGGER)
+
+    q_ptrs = q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
+    if ROPE:  # rounded to q's dtype, as the rotated q the reference stores
+        q = _rotated_tile(q_ptrs, qd_mask, offs_d, cos_sin_ptr, pos, stride_cos_sin, half, IS_NEOX)
+        q = q.to(q_ptr.dtype.element_ty)  # (BLOCK_G, BLOCK_D)
+        k_new, v_new = _new_kv(new_k_ptr, new_v_ptr, k_ptr, cos_sin_ptr, q_start, pos, kv_head, half, stride_nkt,
+                               stride_nkh, stride_nvt, stride_nvh, stride_cos_sin, HEAD_DIM, BLOCK_D, IS_NEOX)
         if fresh:
             row = (slot_new // PAGE_SIZE) * stride_kb + (slot_new % PAGE_SIZE) * stride_ks + kv_head * stride_kh
             tl.store(k_ptr + row + offs_d, k_new, mask=d_mask)
             row = (slot_new // PAGE_SIZE) * stride_vb + (slot_new % PAGE_SIZE) * stride_vs + kv_head * stride_vh
             tl.store(v_ptr + row + offs_d, v_new, mask=d_mask)
-    start = lo + split * tiles_per_split * BLOCK_N
-    end = tl.minimum(seq_len, start + tiles_per_split * BLOCK_N)
-    if ROPE:
-        end -= fresh.to(tl.int32)  # the new key joins after the loop
+    else:
+        q = tl.load(q_ptrs, mask=qd_mask, other=0.0)  # (BLOCK_G, BLOCK_D)
     if USE_ALIBI:
         slopes = tl.load(alibi_ptr + heads, mask=g_mask, other=0.0).to(tl.float32)
+    else:
+        slopes = tl.zeros([BLOCK_G], tl.float32)
 
     m_i = tl.full([BLOCK_G], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for start_n in range(start, end, BLOCK_N):
+    m_i, l_i, acc = _attend_tile(q, kt, v, offs_n, n_mask, m_i, l_i, acc, scale, softcap, slopes, seq_len,
+                                 USE_SOFTCAP, USE_ALIBI, UPCAST, DOT_PREC)
+    for start_n in range(start + BLOCK_N, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_mask = offs_n < end
-        block = tl.load(block_tables_ptr + seq * stride_bt + offs_n // PAGE_SIZE, mask=n_mask, other=0).to(tl.int64)
-        slot = offs_n % PAGE_SIZE
-        k_off = block * stride_kb + slot * stride_ks + kv_head * stride_kh
-        v_off = block * stride_vb + slot * stride_vs + kv_head * stride_vh
-        kt = tl.load(k_ptr + k_off[None, :] + offs_d[:, None], mask=n_mask[None, :] & d_mask[:, None], other=0.0)
-        v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        if UPCAST:  # the CPU interpreter's bf16 dot is wrong (triton 3.9): multiply in fp32 there
-            kt = kt.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q.to(kt.dtype), kt, input_precision=DOT_PREC) * scale  # (BLOCK_G, BLOCK_N)
-        if USE_SOFTCAP:
-            s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
-        if USE_ALIBI:
-            s += slopes[:, None] * (offs_n - (seq_len - 1)).to(tl.float32)[None, :]
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
-        alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
+        kt, v = _kv_tile(k_ptr, v_ptr, block_tables_ptr + seq * stride_bt, offs_n, n_mask, offs_d, d_mask, kv_head,
+                         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, PAGE_SIZE)
+        m_i, l_i, acc = _attend_tile(q, kt, v, offs_n, n_mask, m_i, l_i, acc, scale, softcap, slopes, seq_len,
+                                     USE_SOFTCAP, USE_ALIBI, UPCAST, DOT_PREC)
     if ROPE:  # the new token's key and value, as one more key of the loop (exp2(-inf) = 0 where not fresh)
         s_new = tl.sum(q.to(k_new.dtype).to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale  # (BLOCK_G,)
         if USE_SOFTCAP:
@@ -246,6 +281,11 @@ def _attn_decode_kernel(
 # faster than 256 at batch 1 on an H100 (Qwen2.5-0.5B 1,058 vs 1,010 tok/s, Llama-3-8B 164 vs 162: 128-256 token
 # contexts then spread over 2-4 programs per kv head instead of 1).
 MIN_SPLIT_KEYS = 64
+# Under PDL the next kernel (the o projection) may launch once every program of this one has started, or only once each
+# has passed its wait for the kernel before (LATE_TRIGGER): late from this many query channels (heads x head_dim) on.
+# H100, batch-1 decode, one machine: Llama-3-8B (4,096) 180.0 / 179.7 tok/s early, 182.4 late; Qwen2.5-0.5B (896)
+# 1,363.8 early, 1,280.7 late.
+LATE_TRIGGER_MIN_WIDTH = 4096
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}  # per device: the splits' done-counts, all 0 between launches
@@ -319,7 +359,9 @@ def decode_paged(q, kv_cache, out, query_start_loc, seq_lens, block_tables, opts
         block_tables.stride(0), *new_strides, stride_cos_sin,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=cfg.block_n,
         PAGE_SIZE=page_size, SPLIT=num_splits > 1, MIN_TILES=min_tiles, **opts["meta"], ROPE=rope is not None,
-        IS_NEOX=rope is not None and bool(rope.is_neox), PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        IS_NEOX=rope is not None and bool(rope.is_neox), PDL=pdl,
+        LATE_TRIGGER=pdl and num_heads * head_dim >= LATE_TRIGGER_MIN_WIDTH, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
         **pdl_launch(pdl),
     )
 

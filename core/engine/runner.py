@@ -31,7 +31,8 @@ class StepOutput:
 class InflightStep:
     """A decode step launched without waiting for it: its sampled tokens arrive in a pinned host buffer.
 
-    `tokens` (on the device) can feed the next step's input ids before the host has read them.
+    `tokens` (on the device) can feed the next step's input ids before the host has read them. On CUDA the copy to
+    the host runs on a side stream: the next step's inputs and kernels queue behind the sampling, not behind it.
     """
 
     def __init__(self, seqs: list[Sequence], tokens: torch.Tensor):
@@ -39,9 +40,13 @@ class InflightStep:
         self.tokens = tokens
         if tokens.device.type == "cuda":
             self._host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            self._host.copy_(tokens, non_blocking=True)
-            self._ready = torch.cuda.Event()
-            self._ready.record()
+            copier = _copy_stream(tokens.device)
+            copier.wait_stream(torch.cuda.current_stream(tokens.device))  # the tokens are sampled
+            with torch.cuda.stream(copier):
+                self._host.copy_(tokens, non_blocking=True)
+                self._ready = torch.cuda.Event()
+                self._ready.record(copier)
+            tokens.record_stream(copier)  # the allocator keeps the tokens until the copy ran
         else:
             self._host, self._ready = tokens, None
 
@@ -50,6 +55,17 @@ class InflightStep:
         if self._ready is not None:
             self._ready.synchronize()
         return self._host.tolist()
+
+
+_COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for sampled tokens' copies to the host."""
+    stream = _COPY_STREAMS.get(device)
+    if stream is None:
+        stream = _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
 
 
 @dataclass

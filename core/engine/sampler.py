@@ -33,6 +33,7 @@ counts it, so without ties the most likely token has rank 1 either way.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -152,10 +153,20 @@ def apply_min_tokens(
                     rows.append(i)
                     cols.append(t)
     if rows:
-        index = host_to_device([rows, cols], logits.device)
+        index, minus_inf = _mask_tensors(tuple(rows), tuple(cols), logits.device, logits.dtype)
         put = logits.index_put_ if inplace else logits.index_put
-        logits = put((index[0], index[1]), logits.new_full((len(rows),), -float("inf")))
+        logits = put((index[0], index[1]), minus_inf)
     return logits
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_tensors(
+    rows: tuple[int, ...], cols: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (2, n) index and the n -inf values of a min_tokens mask, kept on the device: a batch masks the same
+    positions step after step, and a fresh copy and fill per step cost more GPU time than the mask itself."""
+    return host_to_device([list(rows), list(cols)], device), torch.full((len(rows),), -float("inf"), dtype=dtype,
+                                                                         device=device)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:

@@ -90,3 +90,14 @@ def test_gemv_lets_the_next_kernel_launch_early_only_below_the_size_limit(monkey
         assert meta["PDL"] is pdl and meta.get("launch_pdl", False) is pdl
         assert meta["EARLY_TRIGGER"] is (pdl and early)
         assert meta["PREFETCH"] is (pdl and early)  # the launch asked for none: only the early trigger adds it
+
+
+@pytest.mark.parametrize("pdl", [True, False], ids=["pdl", "plain"])
+def test_decode_attention_lets_wide_models_o_projection_launch_only_after_its_wait(monkeypatch, pdl):
+    """From LATE_TRIGGER_MIN_WIDTH query channels on, the decode kernel triggers the next launch after its wait for
+    the previous kernel, not at its top (measured better for Llama-3-8B, worse for Qwen2.5-0.5B)."""
+    call = _decode_call()  # 4 heads x 64 = 256 query channels
+    for limit, late in ((256, True), (257, False)):
+        monkeypatch.setattr(attention_decode, "LATE_TRIGGER_MIN_WIDTH", limit)
+        meta = _launch_meta(monkeypatch, attention_decode, "_attn_decode_kernel", pdl, call)
+        assert meta["LATE_TRIGGER"] is (pdl and late)

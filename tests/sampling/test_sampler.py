@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from llmctl.core.engine.sampler import Sampler, SamplingState, apply_penalties
+from llmctl.core.engine.sampler import Sampler, SamplingState, apply_min_tokens, apply_penalties
 from llmctl.core.engine.sampling_params import SamplingParams
 
 
@@ -187,6 +187,26 @@ def test_min_tokens_masks_eos_and_stop_tokens():
     rows = [state(eos=(5,), stop_token_ids=[4], min_tokens=3) for _ in range(300)]
     out = sampler.sample(logits.expand(300, 6), rows)
     assert not {4, 5} & set(out.token_ids)
+
+
+def test_min_tokens_mask_repeats_exactly_across_steps_and_dtypes():
+    """The mask's device tensors are reused from step to step: every call masks its own logits (in place or not),
+    in their dtype, and later calls with other rows or ids are not confused with earlier ones."""
+    states = [state(eos=(5,), stop_token_ids=[1], min_tokens=4), state(eos=(5,), min_tokens=0),
+              state(eos=(2,), min_tokens=4)]
+    for dtype in (torch.float32, torch.bfloat16, torch.float32):
+        logits = torch.randn(3, 6).to(dtype)
+        before = logits.clone()
+        out = apply_min_tokens(logits, states)
+        assert torch.equal(logits, before)  # not in place: the input is left alone
+        expected = before.clone()
+        expected[0, [1, 5]] = -float("inf")
+        expected[2, 2] = -float("inf")
+        assert out.dtype == dtype and torch.equal(out, expected)
+        assert apply_min_tokens(logits, states, inplace=True) is logits and torch.equal(logits, expected)
+    swapped = [states[2], states[1], states[0]]  # the same ids on other rows
+    out = apply_min_tokens(torch.zeros(3, 6), swapped)
+    assert torch.isinf(out).nonzero().tolist() == [[0, 2], [2, 1], [2, 5]]
 
 
 def test_logprobs_are_raw_top_k_with_ranks():
