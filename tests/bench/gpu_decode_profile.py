@@ -79,6 +79,23 @@ def trace_gaps(trace_path: Path, top: int = 12) -> str:
     return "\n".join(lines)
 
 
+def critical_path(trace_path: Path, top: int = 12) -> str:
+    """Each kind of kernel's share of the GPU's critical path in a chrome trace: a kernel's end minus the end of the
+    one that ended before it, summed by name. Under programmatic dependent launch kernels overlap (a kernel starts
+    early and waits), so their durations overstate what each costs; these shares add up to the span."""
+    events = json.loads(trace_path.read_text())["traceEvents"]
+    gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
+                 key=lambda e: e["ts"] + e["dur"])  # fmt: skip
+    share: dict[str, list[float]] = {}
+    for prev, nxt in zip(gpu, gpu[1:]):
+        share.setdefault(nxt["name"][:60], []).append(nxt["ts"] + nxt["dur"] - prev["ts"] - prev["dur"])
+    span = gpu[-1]["ts"] + gpu[-1]["dur"] - gpu[0]["ts"] - gpu[0]["dur"] if gpu else 0.0
+    lines = [f"critical path {span / 1e3:.2f} ms over {len(gpu)} GPU events (total us, count, mean us):"]
+    for name, parts in sorted(share.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        lines.append(f"  {sum(parts):9.1f} {len(parts):5d} {sum(parts) / len(parts):7.2f}  {name}")
+    return "\n".join(lines)
+
+
 def profile_prefill(model: str, n: int, max_model_len: int, out: Path) -> None:
     """Wall time of one n-token prefill (the time to first token) and a torch-profiler table of its kernels."""
     from torch.profiler import ProfilerActivity, profile
@@ -156,6 +173,7 @@ def main() -> None:
             )
             p.export_chrome_trace(str(out / "trace_batch1.json"))
             (out / "gaps_batch1.txt").write_text(trace_gaps(out / "trace_batch1.json", top=20))
+            (out / "critical_path_batch1.txt").write_text(critical_path(out / "trace_batch1.json", top=20))
         del llm
         torch.cuda.empty_cache()
     (out / "decode_profile.json").write_text(json.dumps(result, indent=2))
