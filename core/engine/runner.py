@@ -32,7 +32,7 @@ class InflightStep:
     """A decode step launched without waiting for it: its sampled tokens arrive in a pinned host buffer.
 
     `tokens` (on the device) can feed the next step's input ids before the host has read them. On CUDA the copy to
-    the host runs on a side stream: the next step's inputs and kernels queue behind the sampling, not behind it.
+    the host runs on a side stream: the next step's inputs and kernels queue behind the sampling, not behind the copy.
     """
 
     def __init__(self, seqs: list[Sequence], tokens: torch.Tensor):
