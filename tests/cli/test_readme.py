@@ -22,8 +22,15 @@ def test_exactly_two_setup_commands():
     assert "pytest" in tests
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_both_readme_commands_in_a_fresh_virtualenv():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert _setup_commands()[1] in ci.splitlines()
+    lines = ci.splitlines()
+    main, tests = _setup_commands()
+    assert main in lines and tests in lines and lines.index(main) < lines.index(tests)
+    # A fresh virtualenv, activated before anything is installed: what a newcomer's machine has.
+    venv = next(i for i, line in enumerate(lines) if re.match(r"python3 -m venv ", line))
+    activate = next(i for i, line in enumerate(lines) if re.match(r"(source|\.) .*bin/activate", line))
+    first_install = next(i for i, line in enumerate(lines) if "pip install" in line)
+    assert venv < activate < first_install
     # torch 2.13.0 (the CPU build on disk) goes in before the project.
     assert ci.index("torch==2.13.0") < ci.index('-e ".[test]"')

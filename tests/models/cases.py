@@ -154,8 +154,8 @@ ALIBI_FAMILIES = {
     "falcon_1ln": Case("FalconConfig", dict(_FALCON, new_decoder_architecture=True, num_kv_heads=1,
                                             num_ln_in_parallel_attn=1, bias=True), drop=_ROPE),
     # falcon-rw style: ALiBi, all heads have k/v, sequential attention then MLP, bias. transformers' eager
-    # Falcon adds the ALiBi bias twice (once itself, once inside the mask it built with ALiBi folded in); its
-    # sdpa path adds it once, as the original falcon-rw code does: compare with sdpa.
+    # Falcon added the ALiBi bias twice up to 5.x (once itself, once inside the mask it built with ALiBi folded
+    # in); its sdpa path adds it once, as the original falcon-rw code does: compare with sdpa.
     "falcon_rw": Case("FalconConfig", dict(_FALCON, alibi=True, multi_query=False, parallel_attn=False, bias=True),
                       drop=_ROPE, hf_attention="sdpa"),
     # mpt-7b style: 4 heads, alibi_bias_max 8, no clipping, hub architecture string MPTForCausalLM.

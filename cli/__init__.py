@@ -1,1 +1,0 @@
-"""The llmctl command line: one module per subcommand, wired in app.py."""

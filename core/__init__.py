@@ -1,1 +1,0 @@
-"""Everything the commands share: resolution, specs, the registry, verdicts, and the engine."""

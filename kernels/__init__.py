@@ -1,1 +1,0 @@
-"""Fused Triton kernels, each beside its plain-torch reference."""

@@ -1,1 +1,0 @@
-"""Model definitions, one file per architecture family, built from shared layers."""
