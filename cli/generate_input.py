@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmctl.cli.lines import read_input, split_lines
 from llmctl.core.errors import UsageError
+from llmctl.core.values import JSONInputError, loads_json, strings_problem
 
 
 @dataclass
@@ -34,7 +34,7 @@ def read_prompts(prompts: list[str] | None, file: Path | None) -> list[PromptIte
     if prompts:
         if file is not None:
             raise UsageError("give prompts with --prompt or --file, not both")
-        return [PromptItem(i, prompt=p) for i, p in enumerate(prompts)]
+        return [_checked(PromptItem(i, prompt=p), f"prompt {i + 1}") for i, p in enumerate(prompts)]
     raw = read_input(file, nothing_given="no prompt: use --prompt TEXT, --file FILE, or pipe prompts on stdin (one per line)")
     return parse_lines(raw)
 
@@ -53,16 +53,24 @@ def _parse_line(i: int, text: str) -> PromptItem:
     if not text.strip():
         return PromptItem(i, error=f"line {i + 1} is empty")
     if not text.lstrip().startswith("{"):
-        return PromptItem(i, prompt=text)
+        return _checked(PromptItem(i, prompt=text), f"line {i + 1}")
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        return PromptItem(i, error=f"line {i + 1} looks like JSON but does not parse: {err.msg}")
+        obj = loads_json(text)
+    except JSONInputError as err:
+        return PromptItem(i, error=f"line {i + 1} looks like JSON but does not parse: {err}")
     if not isinstance(obj, dict):
         return PromptItem(i, error=f"line {i + 1}: a JSON line must be an object with 'prompt' or 'messages'")
     if isinstance(obj.get("prompt"), str):
-        return PromptItem(i, prompt=obj["prompt"])
+        return _checked(PromptItem(i, prompt=obj["prompt"]), f"line {i + 1}")
     messages = obj.get("messages")
     if isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages):
-        return PromptItem(i, messages=messages)
+        return _checked(PromptItem(i, messages=messages), f"line {i + 1}")
     return PromptItem(i, error=f"line {i + 1}: a JSON line needs a string 'prompt' or a list of 'messages' with roles")
+
+
+def _checked(item: PromptItem, where: str) -> PromptItem:
+    """`item`, or an error item when its text cannot be encoded ("\\ud800" in JSON, a stray byte in an argument)."""
+    why = strings_problem(item.prompt if item.messages is None else item.messages)
+    if why is None:
+        return item
+    return PromptItem(item.index, error=f"{where}: the prompt {why}")

@@ -29,6 +29,10 @@ class UsageError(LlmctlError):
     exit_code = EXIT_USAGE
 
 
+class InvalidValueError(UsageError, ValueError):
+    """An argument's value is out of range or of the wrong type (a ValueError too, as vLLM raises)."""
+
+
 class ModelNotFoundError(LlmctlError):
     """No local path, alias, hub repo or cached copy matches the name."""
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from llmctl.core.errors import LlmctlError, UsageError
 from llmctl.core.param_count import count, has_lm_head
+from llmctl.core.safetensors_header import SAFETENSORS_DTYPE_BITS
 from llmctl.core.spec import ModelSpec
 
 __all__ = [
@@ -91,13 +92,9 @@ def count_from_gguf(info: Any) -> int:
     return sum(int(t.n_elements) for t in info.tensors)
 
 
-_SAFETENSORS_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
-                      "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1}
-
-
 def safetensors_bytes(header: dict[str, tuple[str, tuple[int, ...]]]) -> int:
     """Bytes the tensors of a checkpoint take, as stored (quantization scales included)."""
-    return sum(math.prod(shape) * _SAFETENSORS_BYTES.get(dtype, 2) for dtype, shape in header.values())
+    return sum(math.ceil(math.prod(shape) * SAFETENSORS_DTYPE_BITS.get(dtype, 16) / 8) for dtype, shape in header.values())
 
 
 def checkpoint_dtype(spec: ModelSpec) -> str | None:
@@ -144,7 +141,7 @@ def parameter_count(spec: ModelSpec, source: Any = None, *, header: Any = None) 
 
 
 _DTYPE_BITS = {
-    "float32": 32, "fp32": 32, "f32": 32, "float": 32,
+    "float64": 64, "f64": 64, "double": 64, "float32": 32, "fp32": 32, "f32": 32, "float": 32,
     "float16": 16, "fp16": 16, "f16": 16, "half": 16, "bfloat16": 16, "bf16": 16,
     "float8": 8, "fp8": 8, "float8_e4m3fn": 8, "float8_e5m2": 8, "f8_e4m3": 8, "f8_e5m2": 8, "int8": 8, "i8": 8,
     "u8": 8, "uint8": 8, "q8_0": 8.5, "int4": 4, "uint4": 4, "q4": 4, "nf4": 4, "fp4": 4, "q4_0": 4.5, "q4_1": 5,

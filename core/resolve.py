@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
 
 from llmctl.core.errors import ModelNotFoundError, ModelReadError, UsageError
 from llmctl.core.settings import Settings, load_settings
-from llmctl.core.sources import GGUFFileSource, HubSource, LocalDirSource, ModelScopeSource, ModelSource
+from llmctl.core.sources import (
+    GGUFFileSource,
+    HubSource,
+    LocalDirSource,
+    ModelScopeSource,
+    ModelSource,
+    is_broken_link,
+)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -33,7 +41,7 @@ def resolve_model(
     source: str | None = None,
     settings: Settings | None = None,
 ) -> ModelSource:
-    """Find the model `name` names. Aliases are expanded first (one level), then paths, then repo ids."""
+    """Find the model `name` names. Aliases are expanded first (an alias may name another), then paths, then repo ids."""
     name = (name or "").strip()
     if not name:
         raise UsageError("no model given")
@@ -44,11 +52,36 @@ def resolve_model(
     return _resolve_target(name, label=name, revision=revision, source=source)
 
 
+def _local_path(name: str) -> Path | None:
+    """`name` as an existing local path, or None when nothing is there; links that lead nowhere are errors."""
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        return None
+    try:
+        path.stat()
+    except ValueError:  # an embedded NUL byte: no file can have this name
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ModelReadError(
+                f"{name}: symbolic link loop (the link leads back to itself)", hint="fix or remove the link"
+            ) from None
+        if os.path.islink(path):
+            raise ModelNotFoundError(f"{name} is a symbolic link to {os.readlink(path)}, which does not exist") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            return None
+        raise ModelReadError(f"cannot read {name}: {err.strerror or err}") from None
+    return path
+
+
 def _resolve_target(name: str, *, label: str, revision: str | None, source: str | None) -> ModelSource:
-    path = Path(name).expanduser()
-    if path.exists():
+    path = _local_path(name)
+    if path is not None:
         if path.is_dir():
             src = LocalDirSource(label, path.resolve())
+            if is_broken_link(path / "config.json"):
+                raise ModelReadError(f"{path / 'config.json'} is a symbolic link that leads nowhere (missing target or loop)")
             if not (path / "config.json").exists() and src.gguf_path is None:
                 raise ModelReadError(
                     f"{path} has no config.json (and no .gguf file): not a model folder",

@@ -68,7 +68,20 @@ class Settings:
     path: Path | None = None
 
     def alias_target(self, name: str) -> str | None:
-        return self.aliases.get(name)
+        """What alias `name` stands for, following aliases of aliases (mine: llama3, llama3: owner/repo);
+        None when `name` is no alias. A chain that comes back to a name it passed is a ConfigError."""
+        if name not in self.aliases:
+            return None
+        chain = [name]
+        target = self.aliases[name]
+        while target in self.aliases:
+            if target in chain:
+                loop = " -> ".join([*chain[chain.index(target):], target])
+                where = self.path or "the llmctl config"
+                raise ConfigError(f"alias loop in {where}: {loop}", hint="point one of these aliases at a model")
+            chain.append(target)
+            target = self.aliases[target]
+        return target
 
 
 def load_settings(path: Path | None = None) -> Settings:
@@ -109,6 +122,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_device(value: str, origin: str) -> None:
+    from llmctl.core.errors import InvalidValueError
+    from llmctl.core.values import parse_device
+
+    try:
+        parse_device(value)
+    except InvalidValueError as err:
+        raise ConfigError(f"config file {origin}: device: {err.message}", hint=err.hint) from None
+
+
 def _apply(settings: Settings, data: dict[str, Any], origin: str, alias_origin: dict[str, str]) -> None:
     unknown = sorted(set(data) - _KNOWN_KEYS)
     if unknown:
@@ -119,6 +142,8 @@ def _apply(settings: Settings, data: dict[str, Any], origin: str, alias_origin: 
         if key in data:
             if not isinstance(data[key], str) or not data[key].strip():
                 raise ConfigError(f"config file {origin}: {key} must be a non-empty string")
+            if key == "device":
+                _check_device(data[key], origin)
             setattr(settings, key, data[key].strip())
             settings.origins[key] = origin
     if "dtype" in data:

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import socket
-import struct
 from abc import ABC, abstractmethod
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from llmctl.core.errors import ModelNotFoundError, ModelReadError
+from llmctl.core.safetensors_header import SafetensorsHeader, read_safetensors_header
+from llmctl.core.values import JSONInputError, loads_json
 
-SafetensorsHeader = dict[str, tuple[str, tuple[int, ...]]]
 
 # What the compute path needs from a hub repo: configs, tokenizer files and weights (safetensors preferred).
 _CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja", "*/*.json"]
@@ -27,29 +27,17 @@ _CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja", "*/*.
 
 def parse_json_bytes(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = loads_json(raw)
+    except JSONInputError as err:
         raise ModelReadError(f"{where} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ModelReadError(f"{where} must hold a JSON object, not {type(data).__name__}")
     return data
 
 
-def read_safetensors_header(path: Path) -> SafetensorsHeader:
-    """Tensor names, dtypes and shapes from one .safetensors file, reading only its header."""
-    try:
-        with path.open("rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if size > 100_000_000:
-                raise ModelReadError(f"{path} has an implausible safetensors header ({size} bytes)")
-            header = json.loads(fh.read(size))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelReadError(f"cannot read the safetensors header of {path}: {err}") from None
-    return {
-        name: (info["dtype"], tuple(info["shape"]))
-        for name, info in header.items()
-        if name != "__metadata__"
-    }
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target is missing, or that loops back to itself."""
+    return os.path.islink(path) and not path.exists()
 
 
 class ModelSource(ABC):
@@ -108,6 +96,8 @@ class LocalDirSource(ModelSource):
             return json.dumps(self.gguf_info.hf_config).encode()
         target = self.path / filename
         if not target.is_file():
+            if is_broken_link(target):  # not "absent": say what is wrong with it
+                raise ModelReadError(f"cannot read {target}: the symbolic link leads nowhere (missing target or loop)")
             return None
         try:
             return target.read_bytes()
@@ -181,7 +171,7 @@ class HubSource(ModelSource):
             )
         except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: catch it first
             if filename == "config.json":
-                raise self._not_found("is not in the local cache and the hub cannot be reached") from None
+                raise self._not_cached(filename) from None
             return None
         except EntryNotFoundError:
             return None
@@ -246,7 +236,7 @@ class HubSource(ModelSource):
     def _cached_files(self) -> list[str]:
         snapshot = self._cached_snapshot()
         if snapshot is None:
-            raise self._not_found("is not in the local cache and the hub cannot be reached")
+            raise self._not_cached()
         return sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
 
     def _cached_safetensors_header(self) -> SafetensorsHeader | None:
@@ -256,6 +246,56 @@ class HubSource(ModelSource):
         for file in files:
             header.update(read_safetensors_header(file))
         return header or None
+
+    def _not_cached(self, filename: str = "config.json") -> ModelNotFoundError | ModelReadError:
+        """Offline and the file is not in the cache: say whether the repo is cached at another revision,
+        or whether the cached file is a link that leads nowhere (a missing blob, a loop)."""
+        broken = self._broken_cache_link(filename)
+        if broken is not None:
+            return ModelReadError(f"the cached {filename} of {self.display!r} is a symbolic link that leads nowhere "
+                                  f"({broken})", hint="delete the repo from the cache and download it again")
+        if self.revision:
+            cached = self._cached_revisions()
+            if cached:
+                return ModelNotFoundError(
+                    f"model {self.display!r} is in the local cache, but not at revision {self.revision!r} "
+                    f"(cached: {', '.join(cached[:5])}{', ...' if len(cached) > 5 else ''})",
+                    hint="use a cached revision, or download this one while online "
+                         f"(huggingface-cli download {self.display} --revision {self.revision})",
+                )
+        return self._not_found("is not in the local cache and the hub cannot be reached")
+
+    def _repo_cache(self) -> Path:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE) / ("models--" + self.display.replace("/", "--"))
+
+    def _broken_cache_link(self, filename: str) -> Path | None:
+        """The cached snapshot's `filename` when it is a link to nowhere, else None."""
+        repo = self._repo_cache()
+        revision = self.revision or "main"
+        try:
+            ref = repo / "refs" / revision
+            commit = ref.read_text().strip() if ref.is_file() else revision
+            target = repo / "snapshots" / commit / filename
+            return target if is_broken_link(target) else None
+        except (OSError, ValueError):
+            return None
+
+    def _cached_revisions(self) -> list[str]:
+        """Branch / tag names and snapshot commits the local cache holds for this repo (huggingface_hub's layout)."""
+        repo = self._repo_cache()
+        names = []
+        try:
+            refs = repo / "refs"
+            if refs.is_dir():
+                names += sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
+            snapshots = repo / "snapshots"
+            if snapshots.is_dir():
+                names += sorted(p.name[:12] for p in snapshots.iterdir() if p.is_dir())
+        except OSError:
+            return []
+        return names
 
     def _not_found(self, why: str) -> ModelNotFoundError:
         return ModelNotFoundError(
@@ -272,7 +312,7 @@ class HubSource(ModelSource):
         if kind == "RevisionNotFoundError":
             return self._not_found(f"has no revision {self.revision!r}")
         if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-            return self._not_found("is not in the local cache and the hub cannot be reached")
+            return self._not_cached()
         return self._not_found(f"could not be fetched from the hub ({kind}: {str(err).splitlines()[0] if str(err) else ''})")
 
 

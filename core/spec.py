@@ -18,7 +18,9 @@ from llmctl.core.config_keys import (
     read_rope,
     with_defaults,
 )
+from llmctl.core.config_check import validate_config
 from llmctl.core.errors import ModelReadError
+from llmctl.core.values import as_int, is_finite_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +128,12 @@ class ModelSpec:
 def _int(value: Any, key: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, float) and is_finite_number(value) and value.is_integer():
+        return int(value)
+    number = as_int(value)
+    if number is None:
         raise ModelReadError(f"config.json: {key} must be an integer, got {value!r}")
-    return int(value)
+    return number
 
 
 def _architecture(config: dict, model_type: str, extra: dict) -> tuple[str, tuple[str, ...], bool]:
@@ -154,8 +159,7 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
     `extra` keys (all optional): generation_config, tokenizer_config (dicts), modules (sentence-transformers
     modules.json list), pooling_config (its Pooling module's config.json), sentence_bert_config (dict).
     """
-    if not isinstance(config, dict):
-        raise ModelReadError("config.json must hold a JSON object")
+    validate_config(config)
     extra = extra or {}
     model_type = str(config.get("model_type") or "")
     architecture, architectures, inferred = _architecture(config, model_type, extra)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmctl.core.errors import InvalidValueError
+from llmctl.core.values import is_finite_number
 from llmctl.core.registry import (
     TRANSFORMERS_VERIFIED,
     ArchInfo,
@@ -54,6 +56,20 @@ class Verdict:
         }
 
 
+def max_model_len_problem(max_model_len: Any, positions: int | None) -> str | None:
+    """Why a run cannot use `max_model_len` tokens of context on a model of `positions` positions, or None.
+
+    The one rule `check` and the engine (LLM / `generate`) apply, so check never promises what generate refuses.
+    """
+    if max_model_len is None:
+        return None
+    if isinstance(max_model_len, bool) or not isinstance(max_model_len, int) or max_model_len < 1:
+        raise InvalidValueError(f"max_model_len must be a positive integer, got {max_model_len!r}")
+    if positions is not None and max_model_len > positions:
+        return f"max_model_len={max_model_len} is more than the model's {positions} positions"
+    return None
+
+
 def needs_remote_code(spec, row: ArchInfo | None) -> bool:
     """Remote code is needed when the repo maps its classes to its own files and llmctl has no native def."""
     if row is not None and row.status == "native":
@@ -75,6 +91,9 @@ def verdict(
     kv_bytes_per_token: int | None = None,
 ) -> Verdict:
     """Decide whether llmctl can run the model, and say why not and what to try."""
+    if gpu_memory_gib is not None and (isinstance(gpu_memory_gib, bool) or not is_finite_number(gpu_memory_gib)
+                                       or gpu_memory_gib < 0):
+        raise InvalidValueError(f"gpu memory must be a finite number of GiB >= 0, got {gpu_memory_gib!r}")
     row = lookup(spec.architecture)
     reasons: list[str] = []
     remote = needs_remote_code(spec, row)
@@ -122,6 +141,10 @@ def verdict(
             supported = False
             reasons.append(f"{quant.method} quantization: the transformers backend loads unquantized checkpoints only")
 
+    too_long = max_model_len_problem(max_model_len, spec.max_position_embeddings)
+    if too_long is not None:
+        supported = False
+        reasons.append(f"{too_long}: give a --max-model-len of at most {spec.max_position_embeddings}")
     memory = memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_bytes_per_token)
     if memory.get("fits") is False:
         supported = False  # the user asked about this card: it cannot run there

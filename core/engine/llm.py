@@ -21,6 +21,7 @@ from llmctl.core.engine.model_source import (
     weights_for,
 )
 from llmctl.core.engine.outputs import RequestOutput
+from llmctl.core.engine.preflight import check_before_build
 from llmctl.core.engine.sampling_params import SamplingParams
 from llmctl.core.engine.tokenizer import (
     apply_chat_template,
@@ -29,7 +30,9 @@ from llmctl.core.engine.tokenizer import (
     is_gguf,
     load_tokenizer,
 )
-from llmctl.core.errors import UnsupportedModelError, UsageError
+from llmctl.core.errors import InvalidValueError, UnsupportedModelError, UsageError
+from llmctl.core.support import max_model_len_problem
+from llmctl.core.values import is_finite_number, seed_problem
 
 
 # Engine options accepted beyond the named arguments; vLLM options that change nothing here are ignored.
@@ -89,7 +92,9 @@ class LLM:
             )
         if tensor_parallel_size != 1:
             raise UsageError("llmctl runs on one device: tensor_parallel_size must be 1")
-        if not 0.0 < gpu_memory_utilization <= 1.0:
+        if seed_problem(seed) is not None:
+            raise InvalidValueError(f"seed {seed_problem(seed)}")
+        if not is_finite_number(gpu_memory_utilization) or not 0.0 < gpu_memory_utilization <= 1.0:
             raise UsageError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         path = resolve_model_path(model, revision)
         if quantization not in (None, "gguf") or (quantization == "gguf" and not is_gguf(path)):
@@ -110,10 +115,11 @@ class LLM:
         self.model_impl = "transformers" if getattr(model_cls, "is_transformers_backend", False) else "native"
         max_pos = getattr(self.hf_config, "max_position_embeddings", None)
         shrink = max_model_len is None  # the model's full context, unless the KV cache holds less
+        too_long = max_model_len_problem(max_model_len, max_pos)  # the rule `llmctl check` applies too
+        if too_long is not None:
+            raise UsageError(too_long)
         if max_model_len is None:
             max_model_len = max_pos or 2048
-        elif max_pos is not None and max_model_len > max_pos:
-            raise UsageError(f"max_model_len={max_model_len} is more than the model's {max_pos} positions")
 
         self.tokenizer = None
         if not skip_tokenizer_init:
@@ -122,6 +128,7 @@ class LLM:
             )
         from llmctl.core.engine.loader import build_model
 
+        check_before_build(path, self.hf_config, self.dtype, self.device, load_format)
         t0 = time.perf_counter()
         if getattr(model_cls, "is_transformers_backend", False) and load_format != "dummy":
             # transformers loads its own model: its checkpoint conversions (MoE experts, renames) apply.

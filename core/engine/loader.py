@@ -137,6 +137,11 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
             # The layer stores this tensor in another layout in the checkpoint (GPT-2's Conv1D (in, out),
             # GPT-NeoX's per-head interleaved q/k/v) and turns it into its own.
             tensor = module.from_checkpoint_layout(name.rsplit(".", 1)[-1], tensor)
+        if dest.is_floating_point() and not (tensor.is_floating_point() or tensor.is_complex()):
+            raise WeightLoadError(  # an integer or bool tensor cast into float weights would run, and be garbage
+                f"tensor {ckpt_name!r} is stored as {str(tensor.dtype).removeprefix('torch.')} but "
+                f"{name!r} is a floating-point weight: the checkpoint is not one this model can load"
+            )
         if tuple(dest.shape) != tuple(tensor.shape):
             raise WeightLoadError(
                 f"tensor {ckpt_name!r} has shape {tuple(tensor.shape)} but the model expects {tuple(dest.shape)}"

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from llmctl.core.engine.tokenizer import is_gguf
-from llmctl.core.errors import ModelReadError, UnsupportedModelError, UsageError
+from llmctl.core.errors import InvalidValueError, ModelReadError, UnsupportedModelError, UsageError
+from llmctl.core.values import parse_device
 
 _DTYPES = {
     "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
@@ -84,12 +85,63 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
         config = PretrainedConfig(**d)
         config.model_type = d.get("model_type", "llama")
         return config
+    raw = _checked_config(path)
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
-    except (OSError, ValueError) as exc:
-        raise ModelReadError(f"cannot read the config of {path}: {exc}") from exc
+    except Exception as exc:  # transformers' own validation: ValueError, StrictDataclass errors, KeyError, ...
+        _raise_unknown_type(raw, trust_remote_code)
+        raise ModelReadError(f"cannot read the config of {path}: {_one_line(exc)}") from exc
+
+
+def _checked_config(path: Path) -> dict:
+    """config.json, parsed and validated as the metadata commands do (core/config_check.py), before transformers
+    sees it: a bad value gets the same one-line error from `generate` as from `check` (exit 3)."""
+    from llmctl.core.config_check import validate_config
+    from llmctl.core.sources import parse_json_bytes
+
+    file = path / "config.json"
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ModelReadError(f"cannot read {file}: {exc.strerror or exc}") from None
+    config = parse_json_bytes(raw, str(file))
+    validate_config(config, str(file))
+    return config
+
+
+def _raise_unknown_type(config: dict, trust_remote_code: bool) -> None:
+    """An architecture neither llmctl nor the installed transformers knows: say so in one line, and what to try."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type in CONFIG_MAPPING_NAMES:
+        return
+    if config.get("auto_map") and not trust_remote_code:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is defined by code in the model's repo",
+            hint="pass --trust-remote-code (trust_remote_code=True) if you trust it; `llmctl check MODEL` says more",
+        )
+    archs = config.get("architectures")
+    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else model_type
+    raise UnsupportedModelError(
+        f"architecture {name} (model_type {model_type!r}) is not supported: llmctl has no definition for it and "
+        "the installed transformers does not know it",
+        hint="`llmctl check MODEL` says what is supported; a newer transformers may know it",
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """The informative line of a (possibly multi-line) exception message: transformers' validators put the
+    reason on a later line ("ValueError: The hidden size (385) is not a multiple of ...")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    for line in lines:
+        if line.split(":", 1)[0].endswith(("Error", "Exception")):
+            return line
+    return lines[0]
 
 
 def resolve_dtype(dtype: str | torch.dtype, hf_config, device: torch.device) -> torch.dtype:
@@ -114,12 +166,24 @@ def resolve_dtype(dtype: str | torch.dtype, hf_config, device: torch.device) -> 
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
+    """auto, cpu, cuda or cuda:N (a torch.device too) -> a device torch has; InvalidValueError otherwise."""
+    if isinstance(device, torch.device):
+        kind, index = device.type, device.index
+    else:
+        kind, index = parse_device(device)
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device cuda was asked for, but torch sees no CUDA device", hint="use device='cpu'")
-    return dev
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("device cuda was asked for, but torch sees no CUDA device", hint="use device='cpu'")
+        if index is not None and index >= torch.cuda.device_count():
+            raise InvalidValueError(
+                f"device cuda:{index} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)",
+                hint=f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+            )
+    elif kind != "cpu":
+        raise InvalidValueError(f"device {device} is not one llmctl runs on", hint="use auto, cpu or cuda[:N]")
+    return torch.device(kind if index is None else f"{kind}:{index}")
 
 
 def weights_for(path: Path, load_format: str, dtype: torch.dtype):

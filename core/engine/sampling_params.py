@@ -21,7 +21,9 @@ repetition_penalty > 0 (1 = off, HF's rule over prompt and output tokens);
 presence/frequency penalties in [-2, 2] (OpenAI's rule over output tokens);
 max_tokens=None means "until the model's context is full" (the engine decides the cap);
 logprobs=k asks for the sampled token plus the k most likely ones (-1: the whole vocabulary).
-Only n=1 is supported. Invalid values raise UsageError, never an assert.
+Every number must be finite (NaN and infinities are refused, as vLLM does); seed must fit torch's 64-bit
+generator seed. Only n=1 is supported. Invalid values raise InvalidValueError (a UsageError and a
+ValueError, as vLLM raises), never an assert.
 The dataclass is frozen (the engine shares it between steps): derive a variant with
 dataclasses.replace(params, max_tokens=...), which validates again.
 """
@@ -30,7 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmctl.core.errors import UsageError
+from llmctl.core.errors import InvalidValueError
+from llmctl.core.values import is_finite_number, seed_problem, text_problem
 
 # Below this a temperature counts as 0 (greedy); vLLM uses the same epsilon.
 SAMPLING_EPS = 1e-5
@@ -41,7 +44,8 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: NaN would pass every range test below (all its comparisons are False)."""
+    return is_finite_number(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +82,11 @@ class SamplingParams:
         elif isinstance(stop, (list, tuple)):
             stop = list(stop)
         else:
-            raise UsageError(f"stop must be a string or a list of strings, got {type(stop).__name__}.")
+            raise InvalidValueError(f"stop must be a string or a list of strings, got {type(stop).__name__}.")
         object.__setattr__(self, "stop", stop)
         stop_ids = [] if self.stop_token_ids is None else self.stop_token_ids
         if not isinstance(stop_ids, (list, tuple)):
-            raise UsageError(f"stop_token_ids must be a list of ints, got {type(stop_ids).__name__}.")
+            raise InvalidValueError(f"stop_token_ids must be a list of ints, got {type(stop_ids).__name__}.")
         object.__setattr__(self, "stop_token_ids", list(stop_ids))
         if _is_number(self.temperature):
             object.__setattr__(self, "temperature", float(self.temperature))
@@ -90,50 +94,55 @@ class SamplingParams:
 
     def _validate(self) -> None:
         if not _is_int(self.n) or self.n < 1:
-            raise UsageError(f"n must be a positive integer, got {self.n!r}.")
+            raise InvalidValueError(f"n must be a positive integer, got {self.n!r}.")
         if self.n != 1:
-            raise UsageError(
+            raise InvalidValueError(
                 f"n={self.n} is not supported: llmctl returns one completion per prompt.",
                 hint="Repeat the prompt in the list (with different seeds) to get several completions.",
             )
         if not _is_number(self.temperature) or self.temperature < 0.0:
-            raise UsageError(f"temperature must be >= 0, got {self.temperature!r}.")
+            raise InvalidValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}.")
         if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p!r}.")
+            raise InvalidValueError(f"top_p must be in (0, 1], got {self.top_p!r}.")
         if not _is_int(self.top_k) or self.top_k < -1:
-            raise UsageError(f"top_k must be an integer >= 1, or 0 / -1 to disable it, got {self.top_k!r}.")
+            raise InvalidValueError(f"top_k must be an integer >= 1, or 0 / -1 to disable it, got {self.top_k!r}.")
         if not _is_number(self.min_p) or not 0.0 <= self.min_p <= 1.0:
-            raise UsageError(f"min_p must be in [0, 1], got {self.min_p!r}.")
+            raise InvalidValueError(f"min_p must be in [0, 1], got {self.min_p!r}.")
         if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0.0:
-            raise UsageError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty!r}.")
+            raise InvalidValueError(
+                f"repetition_penalty must be a finite number > 0 (1 disables it), got {self.repetition_penalty!r}."
+            )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not _is_number(value) or not -2.0 <= value <= 2.0:
-                raise UsageError(f"{name} must be in [-2, 2], got {value!r}.")
-        if self.seed is not None and not _is_int(self.seed):
-            raise UsageError(f"seed must be an integer or None, got {self.seed!r}.")
+                raise InvalidValueError(f"{name} must be in [-2, 2], got {value!r}.")
+        why = seed_problem(self.seed)
+        if why is not None:
+            raise InvalidValueError(f"seed {why}.")
         for s in self.stop:
             if not isinstance(s, str) or not s:
-                raise UsageError(f"every stop string must be a non-empty string, got {s!r}.")
+                raise InvalidValueError(f"every stop string must be a non-empty string, got {s!r}.")
+            if text_problem(s) is not None:
+                raise InvalidValueError(f"stop string {s!r} {text_problem(s)}.")
         for t in self.stop_token_ids:
             if not _is_int(t) or t < 0:
-                raise UsageError(f"stop_token_ids must be non-negative integers, got {t!r}.")
+                raise InvalidValueError(f"stop_token_ids must be non-negative integers, got {t!r}.")
         if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
-            raise UsageError(f"max_tokens must be at least 1 (or None), got {self.max_tokens!r}.")
+            raise InvalidValueError(f"max_tokens must be at least 1 (or None), got {self.max_tokens!r}.")
         if not _is_int(self.min_tokens) or self.min_tokens < 0:
-            raise UsageError(f"min_tokens must be >= 0, got {self.min_tokens!r}.")
+            raise InvalidValueError(f"min_tokens must be >= 0, got {self.min_tokens!r}.")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise UsageError(
+            raise InvalidValueError(
                 f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})."
             )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < -1):
-                raise UsageError(f"{name} must be None, -1 (whole vocabulary) or an integer >= 0, got {value!r}.")
+                raise InvalidValueError(f"{name} must be None, -1 (whole vocabulary) or an integer >= 0, got {value!r}.")
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
                      "spaces_between_special_tokens"):
             if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+                raise InvalidValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
     @property
     def is_greedy(self) -> bool:
