@@ -12,7 +12,7 @@ from typing import IO, Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli.lines import read_input, split_lines
+from llmctl.cli.lines import check_option_text, read_input, split_lines
 from llmctl.cli.options import (
     DeviceOpt,
     DtypeOpt,
@@ -156,6 +156,7 @@ def _check_options(fmt: EmbedFormat, output: Path | None, query: str | None, top
         raise UsageError("give --prompt-name or --instruction, not both")
     if query is not None and not query.strip():
         raise UsageError("--query: the query text is empty")
+    check_option_text(("--query", query), ("--instruction", instruction), ("--prompt-name", prompt_name))
 
 
 def read_lines(file: Path | None) -> list[Line]:

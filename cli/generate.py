@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmctl.cli.generate_input import PromptItem, read_prompts
+from llmctl.cli.lines import check_option_text
 from llmctl.cli.options import (
     DeviceOpt,
     DtypeOpt,
@@ -73,6 +74,7 @@ def generate(
     from llmctl.core.engine.sampling_params import SamplingParams
     from llmctl.core.settings import load_settings
 
+    check_option_text(("--system", system), *(("--stop", s) for s in stop or ()))
     items = read_prompts(prompt, file)
     params = SamplingParams(
         temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from llmctl.core.errors import UsageError
+from llmctl.core.errors import InvalidValueError, UsageError
+from llmctl.core.values import text_problem
 
 
 def read_input(file: Path | None, *, nothing_given: str) -> bytes:
@@ -32,3 +33,12 @@ def split_lines(raw: bytes) -> list[tuple[str | None, str | None]]:
         except UnicodeDecodeError as err:
             out.append((None, f"line {i + 1} is not valid UTF-8 (byte {err.start})"))
     return out
+
+
+def check_option_text(*options: tuple[str, str | None]) -> None:
+    """Refuse an option's text that is not valid Unicode (a byte that is not UTF-8 on the command line
+    reaches Python as a lone surrogate): one clear usage error before any model loads."""
+    for name, value in options:
+        why = None if value is None else text_problem(value)
+        if why is not None:
+            raise InvalidValueError(f"{name}: the text {why}", hint="give it as UTF-8 text")

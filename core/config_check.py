@@ -14,25 +14,38 @@ from typing import Any
 from llmctl.core.errors import ModelReadError
 from llmctl.core.values import as_int, is_finite_number
 
-# (spellings of one size, least allowed, most allowed). The upper bounds are far above any real model
-# (the largest have ~200 layers, hidden sizes of ~30k, vocabularies of ~1M, 10M positions) and stop a
-# config from asking for a model that could never be built (10^12 layers) before anything loops over it.
-_SIZES: tuple[tuple[tuple[str, ...], int, int], ...] = (
-    (("hidden_size", "n_embd", "d_model"), 1, 1 << 20),
+# (spellings of one size, least allowed, most allowed, may be a per-layer list). The upper bounds are far
+# above any real model (the largest have ~200 layers, hidden sizes of ~30k, vocabularies of ~1M, 10M positions)
+# and stop a config from asking for a model that could never be built (10^12 layers) before anything loops
+# over it. Per-layer lists are what OpenELM and Gemma-3n write for the sizes that vary from layer to layer.
+_SIZES: tuple[tuple[tuple[str, ...], int, int, bool], ...] = (
+    (("hidden_size", "n_embd", "d_model"), 1, 1 << 20, False),
     (("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
-      "num_decoder_layers"), 1, 100_000),
+      "num_decoder_layers"), 1, 100_000, False),
     (("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
-      "decoder_attention_heads"), 1, 1 << 16),
-    (("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"), 1, 1 << 16),
+      "decoder_attention_heads"), 1, 1 << 16, True),
+    (("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"), 1, 1 << 16, True),
     (("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim",
-      "moe_intermediate_size", "shared_expert_intermediate_size"), 0, 1 << 24),
-    (("vocab_size", "padded_vocab_size", "n_vocab"), 1, 1 << 30),
-    (("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length"), 1, 1 << 31),
-    (("head_dim", "kv_channels", "d_kv", "attention_head_size"), 0, 1 << 16),  # 0: derived (GLM-5's MLA)
-    (("num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts"), 0, 1 << 16),
-    (("num_experts_per_tok", "num_experts_per_token", "moe_top_k"), 0, 1 << 16),
-    (("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"), 0, 1 << 16),
+      "moe_intermediate_size", "shared_expert_intermediate_size"), 0, 1 << 24, True),
+    (("vocab_size", "padded_vocab_size", "n_vocab"), 1, 1 << 30, False),
+    (("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length"), 1, 1 << 31,
+     False),
+    (("head_dim", "kv_channels", "d_kv", "attention_head_size"), 0, 1 << 16, True),  # 0: derived (GLM-5's MLA)
+    (("num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts"), 0, 1 << 16, False),
+    (("num_experts_per_tok", "num_experts_per_token", "moe_top_k"), 0, 1 << 16, False),
+    (("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"), 0, 1 << 16, False),
 )
+# Other counts the readers take as integers (family-specific: DeepSeek's dense prefix, GPT-J's rotary_dim, ...).
+_COUNTS = ("first_k_dense_replace", "n_shared_experts", "moe_layer_freq", "decoder_sparse_step", "rotary_dim",
+           "type_vocab_size", "num_ln_in_parallel_attn", "word_embed_proj_dim", "relative_attention_num_buckets",
+           "num_nextn_predict_layers", "num_channels", "embed_dim", "depth", "in_channels", "in_chans",
+           "temporal_patch_size", "spatial_merge_size", "kv_n_heads")
+_SHAPES = ("patch_size", "image_size")  # an integer, or one per dimension
+_INDEX_LISTS = ("mlp_only_layers",)  # lists of layer indices
+_NAME_LISTS = ("layer_types", "architectures")  # lists of names
+# Objects the readers descend into: when present, they must be objects.
+_OBJECTS = ("attn_config", "vision_config", "rope_scaling", "rope_parameters", "quantization_config",
+            "compression_config")
 # Numbers that must be finite (and positive, for the rope base and scale factors).
 _POSITIVE_NUMBERS = ("rope_theta", "rotary_emb_base", "rope_base", "partial_rotary_factor", "rotary_pct")
 _FINITE_NUMBERS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "initializer_range")
@@ -54,7 +67,7 @@ def validate_config(config: Any, where: str = "config.json") -> None:
     if not isinstance(config, dict):
         raise ModelReadError(f"{where} must hold a JSON object, not {type(config).__name__}")
     _check_part(config, where)
-    for key in _SUB_CONFIGS:
+    for key in (*_SUB_CONFIGS, "vision_config", "attn_config"):
         sub = config.get(key)
         if sub is None:
             continue
@@ -64,10 +77,29 @@ def validate_config(config: Any, where: str = "config.json") -> None:
 
 
 def _check_part(cfg: dict, where: str) -> None:
-    for keys, low, high in _SIZES:
+    for key in _OBJECTS:
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise ModelReadError(f"{where}: {key} must be an object, got {_show(cfg[key])}")
+    for keys, low, high, per_layer in _SIZES:
         for key in keys:
-            _check_size(cfg, key, low, high, where)
+            _check_size(cfg, key, low, high, per_layer, where)
     _check_head_split(cfg, where)
+    for key in _COUNTS:
+        _check_size(cfg, key, 0, 1 << 24, False, where)
+    for key in _SHAPES:
+        _check_size(cfg, key, 1, 1 << 24, True, where)
+    for key in _INDEX_LISTS:
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, list) or any(_integral(v) is None for v in value)):
+            raise ModelReadError(f"{where}: {key} must be a list of layer numbers, got {_show(value)}")
+    for key in _NAME_LISTS:
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise ModelReadError(f"{where}: {key} must be a list of names, got {_show(value)}")
+    for key in ("mlp_ratio", "expansion_ratio"):
+        value = cfg.get(key)
+        if value is not None and (not is_finite_number(value) or value <= 0):
+            raise ModelReadError(f"{where}: {key} must be a positive number, got {_show(value)}")
     for key in _POSITIVE_NUMBERS:
         value = cfg.get(key)
         if value is not None and (not is_finite_number(value) or value <= 0):
@@ -84,11 +116,11 @@ def _check_part(cfg: dict, where: str) -> None:
         _check_quantization(cfg.get(key), f"{where}: {key}")
 
 
-def _check_size(cfg: dict, key: str, low: int, high: int, where: str) -> None:
+def _check_size(cfg: dict, key: str, low: int, high: int, per_layer: bool, where: str) -> None:
     value = cfg.get(key)
     if value is None:
         return
-    values = value if isinstance(value, list) and value else [value]  # per-layer lists: every entry
+    values = value if per_layer and isinstance(value, list) and value else [value]  # per-layer: every entry
     for item in values:
         number = _integral(item)
         if number is None or number < low:
@@ -154,7 +186,7 @@ def _check_rope(value: Any, where: str) -> None:
 
 
 def _check_dtype(value: Any, where: str) -> None:
-    if value is None or isinstance(value, dict):  # transformers 5 may give a dtype per sub-model
+    if value is None:
         return
     name = str(value).lower().removeprefix("torch.") if isinstance(value, str) else None
     if name not in _DTYPES:

@@ -143,7 +143,8 @@ def parameter_count(spec: ModelSpec, source: Any = None, *, header: Any = None) 
 _DTYPE_BITS = {
     "float64": 64, "f64": 64, "double": 64, "float32": 32, "fp32": 32, "f32": 32, "float": 32,
     "float16": 16, "fp16": 16, "f16": 16, "half": 16, "bfloat16": 16, "bf16": 16,
-    "float8": 8, "fp8": 8, "float8_e4m3fn": 8, "float8_e5m2": 8, "f8_e4m3": 8, "f8_e5m2": 8, "int8": 8, "i8": 8,
+    "float8": 8, "fp8": 8, "float8_e4m3fn": 8, "float8_e5m2": 8, "float8_e4m3fnuz": 8, "float8_e5m2fnuz": 8,
+    "f8_e4m3": 8, "f8_e5m2": 8, "int8": 8, "i8": 8,
     "u8": 8, "uint8": 8, "q8_0": 8.5, "int4": 4, "uint4": 4, "q4": 4, "nf4": 4, "fp4": 4, "q4_0": 4.5, "q4_1": 5,
     "q5_0": 5.5, "q5_1": 6, "q2_k": 2.625, "q3_k": 3.4375, "q4_k": 4.5, "q5_k": 5.5, "q6_k": 6.5625,
 }

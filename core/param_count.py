@@ -300,8 +300,13 @@ _SPECIAL: dict[str, Callable[[ModelSpec], Counts]] = {
 
 
 def count(spec: ModelSpec) -> Counts:
-    """Exact count for the families llmctl knows; UnsupportedModelError for the rest."""
+    """Exact count for the families llmctl knows; UnsupportedModelError for the rest, and for configs that
+    lack a size the formula needs (no intermediate_size) or hold one of the wrong kind."""
     special = _SPECIAL.get(spec.family)
-    if special is not None:
-        return special(spec)
-    return _decoder(spec)
+    try:
+        return special(spec) if special is not None else _decoder(spec)
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        raise UnsupportedModelError(
+            f"cannot count the parameters of {spec.architecture} from its config ({type(err).__name__}: {err})",
+            hint="the count is exact when the checkpoint has safetensors files: llmctl then sums their headers",
+        ) from None

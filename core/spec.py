@@ -158,9 +158,17 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
 
     `extra` keys (all optional): generation_config, tokenizer_config (dicts), modules (sentence-transformers
     modules.json list), pooling_config (its Pooling module's config.json), sentence_bert_config (dict).
+    Values of the wrong kind raise ModelReadError: validate_config names the key for those it knows;
+    a value of the wrong type anywhere else still ends as a ModelReadError, never as a crash.
     """
     validate_config(config)
-    extra = extra or {}
+    try:
+        return _read_spec(config, extra or {})
+    except (TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise ModelReadError(f"config.json holds a value of the wrong kind ({type(err).__name__}: {err})") from None
+
+
+def _read_spec(config: dict, extra: dict) -> ModelSpec:
     model_type = str(config.get("model_type") or "")
     architecture, architectures, inferred = _architecture(config, model_type, extra)
     family = family_of(model_type, architecture)
@@ -191,9 +199,9 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
         mla = MLASpec(
             kv_lora_rank=int(cfg["kv_lora_rank"]),
             q_lora_rank=_int(cfg.get("q_lora_rank"), "q_lora_rank"),
-            qk_nope_head_dim=int(cfg.get("qk_nope_head_dim", 128)),
-            qk_rope_head_dim=int(cfg.get("qk_rope_head_dim", 64)),
-            v_head_dim=int(cfg.get("v_head_dim", 128)),
+            qk_nope_head_dim=int(first(cfg, "qk_nope_head_dim") or 128),
+            qk_rope_head_dim=int(first(cfg, "qk_rope_head_dim") or 64),
+            v_head_dim=int(first(cfg, "v_head_dim") or 128),
         )
         head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
         attention = "MLA"
@@ -257,7 +265,7 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
         activation=_activation(cfg),
         tie_word_embeddings=bool(first(config, "tie_word_embeddings") if "tie_word_embeddings" in config
                                  else cfg.get("tie_word_embeddings", False)),
-        torch_dtype=str(dtype) if dtype else None,
+        torch_dtype=str(dtype) if dtype and dtype != "auto" else None,  # "auto": whatever the weights hold
         moe=moe,
         mla=mla,
         quantization_config=config.get("quantization_config") or cfg.get("quantization_config"),
@@ -278,7 +286,7 @@ def _kv_heads(cfg: dict, family: str, heads: int) -> int:
             return int(first(cfg, "num_kv_heads", "n_head_kv") or heads)
         return 1 if cfg.get("multi_query", True) else heads
     if family == "chatglm":
-        return int(cfg.get("multi_query_group_num", heads)) if cfg.get("multi_query_attention") else heads
+        return int(cfg.get("multi_query_group_num") or heads) if cfg.get("multi_query_attention") else heads
     if family == "mpt":
         return int((cfg.get("attn_config") or {}).get("kv_n_heads") or heads)
     if cfg.get("multi_query") is True:  # gpt_bigcode
@@ -289,7 +297,7 @@ def _kv_heads(cfg: dict, family: str, heads: int) -> int:
 def _intermediate(cfg: dict, family: str, hidden: int) -> int | None:
     value = first(cfg, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "d_ff", "encoder_ffn_dim")
     if value is not None:
-        return int(value)
+        return _int(value, "intermediate_size")
     if family == "mpt":
         return int(cfg.get("expansion_ratio", 4) * hidden)
     if family in ("gpt2", "gptj", "bloom", "falcon", "gpt_neox"):

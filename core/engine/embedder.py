@@ -12,7 +12,8 @@ from torch import nn
 
 from llmctl.core.engine.embedding_config import POOLING_TYPES, EmbeddingConfig
 from llmctl.core.engine.pooling import finish, pool
-from llmctl.core.errors import UsageError
+from llmctl.core.errors import InvalidValueError, UsageError
+from llmctl.core.values import as_int, text_problem
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
 DEFAULT_BATCH_SIZE = 64
@@ -64,8 +65,10 @@ def checkpoint_weights(model_cls: type[nn.Module], weights: Iterable[tuple[str, 
 class Embedder:
     """Turns texts into vectors with one embedding model (an encoder, or a decoder pooled at its last token)."""
 
-    def __init__(self, model: nn.Module, tokenizer, config: EmbeddingConfig, device: torch.device):
+    def __init__(self, model: nn.Module, tokenizer, config: EmbeddingConfig, device: torch.device,
+                 vocab_size: int | None = None):
         self.model = model
+        self.vocab_size = vocab_size  # token-id inputs are checked against it
         self.tokenizer = tokenizer
         self.config = config
         self.device = torch.device(device)
@@ -142,7 +145,7 @@ class Embedder:
         (config_sentence_transformers.json default_prompt_name), if any; dimensions keeps the first N
         components (Matryoshka), renormalised when normalize is on.
         """
-        items = _input_list(texts)
+        items = _input_list(texts, self.vocab_size)
         cfg = self.config
         pooling = cfg.pooling if pooling is None else pooling
         if pooling not in POOLING_TYPES:
@@ -155,6 +158,8 @@ class Embedder:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         if prompt is None and cfg.default_prompt_name is not None:
             prompt = cfg.prompts[cfg.default_prompt_name]
+        if isinstance(prompt, str) and text_problem(prompt) is not None:
+            raise InvalidValueError(f"the embedding prompt {text_problem(prompt)}")
         prompts = [f"{prompt}{text}" if prompt and isinstance(text, str) else text for text in items]
         tokens = self._tokens(prompts)
         for i, (ids, _) in enumerate(tokens):
@@ -176,8 +181,9 @@ class Embedder:
         return outputs
 
 
-def _input_list(texts) -> list[str | list[int]]:
-    """Texts stay strings; token-id prompts ({"prompt_token_ids": [...]}) become lists of ints."""
+def _input_list(texts, vocab_size: int | None = None) -> list[str | list[int]]:
+    """Texts stay strings; token-id prompts ({"prompt_token_ids": [...]}) become lists of ints (within the
+    vocabulary). A text that is not valid Unicode (a lone surrogate) is refused: the tokenizer cannot take it."""
     if isinstance(texts, (str, dict)):
         texts = [texts]
     if not isinstance(texts, Iterable):
@@ -186,10 +192,16 @@ def _input_list(texts) -> list[str | list[int]]:
     for i, item in enumerate(texts):
         if isinstance(item, dict) and "prompt_token_ids" in item:
             ids = item["prompt_token_ids"]
-            if isinstance(ids, (str, bytes)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-                raise UsageError(f"input {i}: prompt_token_ids must be a list of integers")
-            items.append(list(ids))
+            listed = not isinstance(ids, (str, bytes, dict)) and isinstance(ids, Iterable)
+            numbers = [as_int(t) for t in ids] if listed else [None]
+            if None in numbers:
+                raise InvalidValueError(f"input {i}: prompt_token_ids must be a list of integers")
+            if numbers and (min(numbers) < 0 or (vocab_size is not None and max(numbers) >= vocab_size)):
+                raise InvalidValueError(f"input {i}: prompt_token_ids hold ids outside the vocabulary (size {vocab_size})")
+            items.append(numbers)
         elif isinstance(item, str):
+            if text_problem(item) is not None:
+                raise InvalidValueError(f"input {i} {text_problem(item)}")
             items.append(item)
         else:
             raise UsageError(f'embed takes strings or {{"prompt_token_ids": [...]}}; input {i} is '
@@ -239,4 +251,4 @@ def build_embedder(
     if weights is not None:
         weights = checkpoint_weights(model_cls, weights)
     model = build_model(hf_config, model_cls, dtype, device, weights)
-    return Embedder(model, tokenizer, config, device)
+    return Embedder(model, tokenizer, config, device, vocab_size=getattr(hf_config, "vocab_size", None))
