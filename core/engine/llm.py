@@ -39,6 +39,7 @@ from llmctl.core.values import is_finite_number, seed_problem
 _ENGINE_OPTIONS = {
     "max_num_batched_tokens", "block_size", "kv_cache_memory", "num_kv_blocks", "padded_decode", "async_scheduling",
 }
+_SIZE_OPTIONS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory", "num_kv_blocks")
 _IGNORED_OPTIONS = {"swap_space", "disable_log_stats", "tokenizer_mode", "enable_prefix_caching"}
 
 
@@ -92,6 +93,17 @@ class LLM:
             )
         if tensor_parallel_size != 1:
             raise UsageError("llmctl runs on one device: tensor_parallel_size must be 1")
+        for name in _SIZE_OPTIONS:  # 1e9 bytes is a fine kv_cache_memory; 2.5 sequences or NaN bytes are not
+            value = max_num_seqs if name == "max_num_seqs" else engine_options.get(name)
+            if value is None:
+                continue
+            number = int(value) if is_finite_number(value) and float(value).is_integer() else None
+            if number is None or number < 1:
+                raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
+            if name == "max_num_seqs":
+                max_num_seqs = number
+            else:
+                engine_options[name] = number
         if seed_problem(seed) is not None:
             raise InvalidValueError(f"seed {seed_problem(seed)}")
         if not is_finite_number(gpu_memory_utilization) or not 0.0 < gpu_memory_utilization <= 1.0:

@@ -106,6 +106,10 @@ def test_text_that_is_not_unicode_is_an_error_record(llm, text):
     ({"gpu_memory_utilization": float("nan")}, UsageError, "gpu_memory_utilization"),
     ({"max_model_len": 100000}, UsageError, "more than the model's 128 positions"),
     ({"max_model_len": 0}, InvalidValueError, "max_model_len"),
+    ({"max_num_seqs": 2.5}, InvalidValueError, "max_num_seqs"),
+    ({"kv_cache_memory": float("nan")}, InvalidValueError, "kv_cache_memory"),
+    ({"num_kv_blocks": -1}, InvalidValueError, "num_kv_blocks"),
+    ({"block_size": True}, InvalidValueError, "block_size"),
 ])
 def test_bad_engine_arguments(tiny_llama_dir, kwargs, error, words):
     with pytest.raises(error, match=words) as info:
