@@ -94,7 +94,8 @@ def count_from_gguf(info: Any) -> int:
 
 def safetensors_bytes(header: dict[str, tuple[str, tuple[int, ...]]]) -> int:
     """Bytes the tensors of a checkpoint take, as stored (quantization scales included)."""
-    return sum(math.ceil(math.prod(shape) * SAFETENSORS_DTYPE_BITS.get(dtype, 16) / 8) for dtype, shape in header.values())
+    return sum(math.ceil(math.prod(shape) * SAFETENSORS_DTYPE_BITS.get(dtype, 16) / 8)
+               for dtype, shape in header.values())
 
 
 def checkpoint_dtype(spec: ModelSpec) -> str | None:

@@ -41,7 +41,7 @@ def resolve_model(
     source: str | None = None,
     settings: Settings | None = None,
 ) -> ModelSource:
-    """Find the model `name` names. Aliases are expanded first (an alias may name another), then paths, then repo ids."""
+    """Find the model `name` names: aliases first (an alias may name another), then paths, then repo ids."""
     name = (name or "").strip()
     if not name:
         raise UsageError("no model given")
@@ -68,7 +68,9 @@ def _local_path(name: str) -> Path | None:
                 f"{name}: symbolic link loop (the link leads back to itself)", hint="fix or remove the link"
             ) from None
         if os.path.islink(path):
-            raise ModelNotFoundError(f"{name} is a symbolic link to {os.readlink(path)}, which does not exist") from None
+            raise ModelNotFoundError(
+                f"{name} is a symbolic link to {os.readlink(path)}, which does not exist"
+            ) from None
         if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
             return None
         raise ModelReadError(f"cannot read {name}: {err.strerror or err}") from None
@@ -81,7 +83,9 @@ def _resolve_target(name: str, *, label: str, revision: str | None, source: str 
         if path.is_dir():
             src = LocalDirSource(label, path.resolve())
             if is_broken_link(path / "config.json"):
-                raise ModelReadError(f"{path / 'config.json'} is a symbolic link that leads nowhere (missing target or loop)")
+                raise ModelReadError(
+                    f"{path / 'config.json'} is a symbolic link that leads nowhere (missing target or loop)"
+                )
             if not (path / "config.json").exists() and src.gguf_path is None:
                 raise ModelReadError(
                     f"{path} has no config.json (and no .gguf file): not a model folder",

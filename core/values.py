@@ -8,6 +8,8 @@ import operator
 import re
 from typing import Any
 
+from llmctl.core.errors import InvalidValueError
+
 # Deeper JSON than this is refused: real configs and prompt records nest a handful of levels, and
 # json (and everything that walks the result) recurses once per level.
 MAX_JSON_DEPTH = 64
@@ -76,6 +78,15 @@ def as_int(value: Any) -> int | None:
         return None
 
 
+def token_id_list(ids: Any) -> list[int] | None:
+    """`ids` as a list of ints (numpy / torch integer scalars too), or None when it is not a sequence of
+    integers: 1.7 is not token 1 and True is not token 1."""
+    if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
+        return None
+    out = [as_int(t) for t in ids]
+    return None if None in out else out
+
+
 def text_problem(text: str) -> str | None:
     """Why `text` cannot be encoded as UTF-8 (a lone surrogate, e.g. from "\\ud800" or a bad argv byte), or None."""
     try:
@@ -123,8 +134,6 @@ _DEVICE = re.compile(r"(auto|cpu|cuda)(?::(\d+))?")
 
 def parse_device(device: str) -> tuple[str, int | None]:
     """("auto" | "cpu" | "cuda", index or None) for a device name llmctl runs on; InvalidValueError otherwise."""
-    from llmctl.core.errors import InvalidValueError
-
     match = _DEVICE.fullmatch(device.strip().lower()) if isinstance(device, str) else None
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise InvalidValueError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N (N = 0, 1, ...)")

@@ -13,7 +13,7 @@ from torch import nn
 from llmctl.core.engine.embedding_config import POOLING_TYPES, EmbeddingConfig
 from llmctl.core.engine.pooling import finish, pool
 from llmctl.core.errors import InvalidValueError, UsageError
-from llmctl.core.values import as_int, text_problem
+from llmctl.core.values import text_problem, token_id_list
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
 DEFAULT_BATCH_SIZE = 64
@@ -192,12 +192,13 @@ def _input_list(texts, vocab_size: int | None = None) -> list[str | list[int]]:
     for i, item in enumerate(texts):
         if isinstance(item, dict) and "prompt_token_ids" in item:
             ids = item["prompt_token_ids"]
-            listed = not isinstance(ids, (str, bytes, dict)) and isinstance(ids, Iterable)
-            numbers = [as_int(t) for t in ids] if listed else [None]
-            if None in numbers:
+            numbers = token_id_list(ids)
+            if numbers is None:
                 raise InvalidValueError(f"input {i}: prompt_token_ids must be a list of integers")
             if numbers and (min(numbers) < 0 or (vocab_size is not None and max(numbers) >= vocab_size)):
-                raise InvalidValueError(f"input {i}: prompt_token_ids hold ids outside the vocabulary (size {vocab_size})")
+                raise InvalidValueError(
+                    f"input {i}: prompt_token_ids hold ids outside the vocabulary (size {vocab_size})"
+                )
             items.append(numbers)
         elif isinstance(item, str):
             if text_problem(item) is not None:

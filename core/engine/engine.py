@@ -25,7 +25,7 @@ from llmctl.core.engine.sampler import Sampler, SamplingState
 from llmctl.core.engine.scheduler import Scheduler, SchedulerConfig
 from llmctl.core.engine.sequence import Sequence, SequenceStatus
 from llmctl.core.errors import UsageError
-from llmctl.core.values import as_int, text_problem
+from llmctl.core.values import text_problem, token_id_list
 
 
 def default_max_num_seqs(device: torch.device) -> int:
@@ -34,27 +34,6 @@ def default_max_num_seqs(device: torch.device) -> int:
     if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= 70 << 30:
         return 512
     return 256
-
-
-def _prompt_text_problem(prompt) -> str | None:
-    """Why a text prompt cannot be tokenized (not a string, or not valid Unicode text), or None."""
-    if not isinstance(prompt, str):
-        return f"a text prompt must be a string, got {type(prompt).__name__}"
-    why = text_problem(prompt)
-    return None if why is None else f"the prompt {why}"
-
-
-def _token_ids(ids) -> tuple[list[int], str | None]:
-    """(token ids, None), or ([], why) when `ids` is not a list of integers (1.7 is not token 1; True is not 1)."""
-    if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
-        return [], f"prompt_token_ids must be a list of integers, got {type(ids).__name__}"
-    out = []
-    for t in ids:
-        number = as_int(t)
-        if number is None:
-            return [], f"prompt_token_ids must be integers, got {t!r}"
-        out.append(number)
-    return out, None
 
 
 class LLMEngine:
@@ -182,10 +161,14 @@ class LLMEngine:
                     "this LLM was built with skip_tokenizer_init=True: pass token prompts",
                     hint='use {"prompt_token_ids": [...]} instead of a string',
                 )
-            bad_input = _prompt_text_problem(prompt)
+            why = text_problem(prompt) if isinstance(prompt, str) else f"is a {type(prompt).__name__}, not text"
+            bad_input = None if why is None else f"the prompt {why}"
             prompt_token_ids = [] if bad_input else self.tokenizer.encode(prompt)
         else:
-            prompt_token_ids, bad_input = _token_ids(prompt_token_ids)
+            ids = token_id_list(prompt_token_ids)  # 1.7 is not token 1: refused, not truncated
+            if ids is None:
+                bad_input = f"prompt_token_ids must be a list of integers, got {prompt_token_ids!r:.60}"
+            prompt_token_ids = ids or []
         metrics = RequestMetrics(arrival_time=time.time() if arrival_time is None else arrival_time)
         seq = Sequence(request_id, prompt, prompt_token_ids, params, metrics)
         self._seqs[request_id] = seq

@@ -138,7 +138,9 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < -1):
-                raise InvalidValueError(f"{name} must be None, -1 (whole vocabulary) or an integer >= 0, got {value!r}.")
+                raise InvalidValueError(
+                    f"{name} must be None, -1 (whole vocabulary) or an integer >= 0, got {value!r}."
+                )
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
                      "spaces_between_special_tokens"):
             if not isinstance(getattr(self, name), bool):
