@@ -212,6 +212,10 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
     moe = _moe(cfg)
     intermediate = _intermediate(cfg, fam_text, hidden)
     position, rope_type, rope_theta, rope_scaling, partial = read_rope(cfg, fam_text, head_dim)
+    rotary = int(head_dim * partial) if attention != "MLA" else 0
+    if position == "rope" and rotary % 2:  # transformers refuses it too ("RoPE requires an even rotary dimension")
+        raise ModelReadError(f"config.json: the rotary dimension {rotary} (head_dim {head_dim} x {partial:g}) is odd: "
+                             "rotary embeddings turn pairs of channels")
     sliding = cfg.get("sliding_window")
     if cfg.get("use_sliding_window") is False or not sliding:
         sliding = None

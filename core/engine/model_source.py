@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from llmctl.core.config_check import validate_config
 from llmctl.core.engine.tokenizer import is_gguf
 from llmctl.core.errors import InvalidValueError, ModelReadError, UnsupportedModelError, UsageError
 from llmctl.core.values import parse_device
@@ -82,6 +83,7 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
         from llmctl.core.engine.gguf_loader import gguf_hf_config
 
         d = {k: v for k, v in gguf_hf_config(path).items() if v is not None or k != "rope_scaling"}
+        validate_config(d, f"{path} (GGUF metadata)")
         config = PretrainedConfig(**d)
         config.model_type = d.get("model_type", "llama")
         return config
@@ -98,7 +100,6 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
 def _checked_config(path: Path) -> dict:
     """config.json, parsed and validated as the metadata commands do (core/config_check.py), before transformers
     sees it: a bad value gets the same one-line error from `generate` as from `check` (exit 3)."""
-    from llmctl.core.config_check import validate_config
     from llmctl.core.sources import parse_json_bytes
 
     file = path / "config.json"

@@ -133,6 +133,7 @@ BAD_CONFIGS = [
     ({"intermediate_size": -1}, ModelReadError, "intermediate_size"),
     ({"hidden_size": 66, "head_dim": None}, ModelReadError, "does not split"),
     ({"dtype": "float128"}, ModelReadError, "float128"),
+    ({"hidden_size": 60, "head_dim": None}, ModelReadError, "rotary dimension"),  # transformers' own refusal
     ({"num_hidden_layers": 10**12}, ModelReadError, "num_hidden_layers"),
     ({"architectures": ["FooBarForCausalLM"], "model_type": "foobar"}, UnsupportedModelError, "not supported"),
 ]

@@ -37,6 +37,7 @@ BAD = [
     ("intermediate_size -1", {"intermediate_size": -1}, "intermediate_size"),
     ("hidden 385 / 12 heads", {"hidden_size": 385, "num_attention_heads": 12, "num_key_value_heads": 12},
      "does not split into 12"),
+    ("odd rotary dimension", {"hidden_size": 60}, "rotary dimension 15"),  # head_dim 60 / 4 heads
     ("float128", {"torch_dtype": "float128"}, "float128"),
     ("dtype a dict", {"torch_dtype": None, "dtype": {"text": "bfloat16"}}, "dtype"),
     ("10^12 layers", {"num_hidden_layers": 10**12}, "num_hidden_layers"),
