@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmctl.core.config_keys import DEFAULTS
 from llmctl.core.errors import ModelReadError
 from llmctl.core.values import as_int, is_finite_number
 
@@ -73,19 +74,20 @@ def validate_config(config: Any, where: str = "config.json") -> None:
             continue
         if not isinstance(sub, dict):
             raise ModelReadError(f"{where}: {key} must be an object, got {_show(sub)}")
-        _check_part(sub, f"{where}: {key}")
+        _check_part(sub, f"{where}: {key}", language=key in _SUB_CONFIGS)
 
 
-def _check_part(cfg: dict, where: str) -> None:
+def _check_part(cfg: dict, where: str, language: bool = True) -> None:
     for key in _OBJECTS:
         if cfg.get(key) is not None and not isinstance(cfg[key], dict):
             raise ModelReadError(f"{where}: {key} must be an object, got {_show(cfg[key])}")
     for keys, low, high, per_layer in _SIZES:
         for key in keys:
             _check_size(cfg, key, low, high, per_layer, where)
-    _check_head_split(cfg, where)
-    for key in _COUNTS:
-        _check_size(cfg, key, 0, 1 << 24, False, where)
+    if language:  # vision towers name their sizes their own way (hidden_size may be the projector's output)
+        _check_head_split(cfg, where)
+    for key in _COUNTS:  # vision towers give some per stage: a list is checked entry by entry
+        _check_size(cfg, key, 0, 1 << 24, True, where)
     for key in _SHAPES:
         _check_size(cfg, key, 1, 1 << 24, True, where)
     for key in _INDEX_LISTS:
@@ -98,7 +100,8 @@ def _check_part(cfg: dict, where: str) -> None:
             raise ModelReadError(f"{where}: {key} must be a list of names, got {_show(value)}")
     for key in ("mlp_ratio", "expansion_ratio"):
         value = cfg.get(key)
-        if value is not None and (not is_finite_number(value) or value <= 0):
+        values = value if isinstance(value, list) else [value]
+        if value is not None and not all(is_finite_number(v) and v > 0 for v in values):
             raise ModelReadError(f"{where}: {key} must be a positive number, got {_show(value)}")
     for key in _POSITIVE_NUMBERS:
         value = cfg.get(key)
@@ -121,6 +124,8 @@ def _check_size(cfg: dict, key: str, low: int, high: int, per_layer: bool, where
     if value is None:
         return
     values = value if per_layer and isinstance(value, list) and value else [value]  # per-layer: every entry
+    if isinstance(value, dict) and value:  # one count per part (LXMERT: language, vision, cross_encoder layers)
+        values = list(value.values())
     for item in values:
         number = _integral(item)
         if number is None or number < low:
@@ -146,7 +151,13 @@ def _first_int(cfg: dict, *keys: str) -> int | None:
 
 
 def _check_head_split(cfg: dict, where: str) -> None:
-    """Without an explicit head size, the hidden size must split evenly into the heads (transformers' rule)."""
+    """Without an explicit head size, the hidden size must split evenly into the heads (transformers' rule).
+
+    Only for the families llmctl reads (core/config_keys.DEFAULTS): those derive the head size from
+    hidden_size / heads; others (GLM-4-MoE) default head_dim in their config class, which llmctl cannot see.
+    """
+    if str(cfg.get("model_type") or "") not in DEFAULTS:
+        return
     if any(cfg.get(k) for k in ("head_dim", "kv_channels", "d_kv", "attention_head_size", "kv_lora_rank")):
         return
     hidden = _first_int(cfg, "hidden_size", "n_embd", "d_model")
