@@ -66,11 +66,6 @@ class Staging:
         self._turn = 0
         self.dev = self._hosts[0]
 
-    @property
-    def host(self) -> torch.Tensor:
-        """The host buffer the last send filled."""
-        return self._hosts[(self._turn - 1) % len(self._hosts)]
-
     def send(self, int64_arrays: list[np.ndarray], int32_arrays: list[np.ndarray]) -> list[torch.Tensor]:
         if not self.packed:
             return [torch.from_numpy(a) for a in int64_arrays + int32_arrays]
