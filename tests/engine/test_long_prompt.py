@@ -81,3 +81,22 @@ def test_prompt_longer_than_max_model_len_is_refused_not_chunked(tiny_llama):
     assert outs[0].outputs[0].token_ids == []
     assert outs[1].error is None and len(outs[1].outputs[0].token_ids) == 2
     assert llm.llm_engine.block_manager.num_used_blocks == 0
+
+
+def test_engine_refuses_a_max_model_len_past_the_rotary_cache(tiny_llama):
+    """Positions past the cos/sin cache would be read out of bounds by the rotary kernels: never let one be made."""
+    from transformers import AutoConfig
+
+    from llmctl.core.engine.engine import LLMEngine
+    from llmctl.core.engine.kv_cache import kv_cache_spec
+    from llmctl.core.engine.loader import build_model
+    from llmctl.core.errors import UsageError
+    from llmctl.model_defs.llama import LlamaForCausalLM
+
+    path, _ = tiny_llama
+    config = AutoConfig.from_pretrained(str(path))  # max_position_embeddings 128: a cache of 128 rows
+    model = build_model(config, LlamaForCausalLM, torch.float32, "cpu", None)
+    spec = kv_cache_spec(config, torch.float32)
+    with pytest.raises(UsageError, match="rotary cache of 128 positions"):
+        LLMEngine(model, spec, max_model_len=129, kv_cache_memory=1 << 20)
+    assert LLMEngine(model, spec, max_model_len=128, kv_cache_memory=1 << 20).max_model_len == 128
