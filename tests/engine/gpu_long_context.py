@@ -96,11 +96,12 @@ def _llm(config: dict, max_model_len: int, dtype: str, **options):
                max_model_len=max_model_len, **options)  # fmt: skip
 
 
-def _generate(llm, prompt: list[int], max_tokens: int, **params) -> dict:
-    """One greedy request: tokens, whether every sampled logprob is finite, wall time, TTFT and decode rate."""
+def _generate(llm, prompt: list[int], max_tokens: int, logprobs: int | None = 1, **params) -> dict:
+    """One greedy request: tokens, whether every sampled logprob is finite (without logprobs: None), wall time, TTFT
+    and decode rate. Logprobs cost a read-back per step: timed decode runs go without."""
     from llmctl import SamplingParams
 
-    sp = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=max_tokens, logprobs=1, **params)
+    sp = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=max_tokens, logprobs=logprobs, **params)
     _sync()
     t0 = time.perf_counter()
     out = llm.generate({"prompt_token_ids": prompt}, sp)[0]
@@ -109,7 +110,7 @@ def _generate(llm, prompt: list[int], max_tokens: int, **params) -> dict:
     if out.error is not None:
         raise RuntimeError(f"request rejected: {out.error}")
     c, m = out.outputs[0], out.metrics
-    finite = all(math.isfinite(d[t].logprob) for t, d in zip(c.token_ids, c.logprobs))
+    finite = None if logprobs is None else all(math.isfinite(d[t].logprob) for t, d in zip(c.token_ids, c.logprobs))
     decode = None
     if len(c.token_ids) > 1 and m.last_token_time > m.first_token_time:
         decode = (len(c.token_ids) - 1) / (m.last_token_time - m.first_token_time)
@@ -184,10 +185,10 @@ def part_long(s: dict, result: dict, save) -> None:
     result["ok"] = all(r["finite"] and len(r["tokens"]) == 4 for r in result["runs"])
     result["ttft_ms"] = {}
     for n, repeats in s["ttft"]:
-        walls = [_generate(llm, _prompt(n, vocab, 100 + k), 1)["wall_s"] for k in range(repeats)]
+        walls = [_generate(llm, _prompt(n, vocab, 100 + k), 1, logprobs=None)["wall_s"] for k in range(repeats)]
         result["ttft_ms"][str(n)] = round(1e3 * sorted(walls)[len(walls) // 2], 1)
         save()
-    run = _generate(llm, _prompt(s["decode_ctx"], vocab, 200), s["decode_tokens"])
+    run = _generate(llm, _prompt(s["decode_ctx"], vocab, 200), s["decode_tokens"], logprobs=None)
     result["decode"] = {"context": s["decode_ctx"], "new_tokens": len(run["tokens"]),
                         "ttft_s": run["ttft_s"], "decode_tok_s": run["decode_tok_s"]}  # fmt: skip
     _memory(result)
@@ -298,6 +299,14 @@ def run_part(name: str, sizes: dict, out: Path) -> int:
     return 0 if result.get("ok") else 1
 
 
+def compare_ttft(results: dict) -> dict:
+    """{prompt length: {llmctl_ms, transformers_ms, speedup}} where both sides measured it."""
+    ours = results.get("long", {}).get("ttft_ms", {})
+    theirs = results.get("transformers", {}).get("ttft_ms", {})
+    return {n: {"llmctl_ms": ours[n], "transformers_ms": theirs[n], "speedup": round(theirs[n] / ours[n], 2)}
+            for n in ours if n in theirs and ours[n] > 0}
+
+
 def summarize(results: dict) -> str:
     lines = []
     for name, r in results.items():
@@ -319,6 +328,9 @@ def summarize(results: dict) -> str:
         for key in ("kv_cache_tokens", "max_num_batched_tokens", "peak_gpu_gib"):
             if key in r:
                 lines.append(f"  {key}: {r[key]}")
+    for n, c in compare_ttft(results).items():
+        lines.append(f"time to first token at {n} tokens: llmctl {c['llmctl_ms']} ms, transformers (sdpa) "
+                     f"{c['transformers_ms']} ms: {c['speedup']}x")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -356,11 +368,13 @@ def main() -> int:
         if rc != 0 and not results[name].get("error"):  # killed (timeout, signal): what the log says
             tail = (out / f"{name}.log").read_text()[-1500:]
             results[name].update(ok=False, error=f"process ended with {rc}", log_tail=tail)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    ok = all(r.get("ok") for r in results.values())
     summary = summarize(results)
+    results["ttft_llmctl_vs_transformers"] = compare_ttft(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "summary.txt").write_text(summary + "\n")
     print(summary)
-    return 0 if all(r.get("ok") for r in results.values()) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

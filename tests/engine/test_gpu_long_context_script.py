@@ -74,3 +74,11 @@ def test_driver_writes_results_summary_and_skips_past_the_budget(tmp_path):
     assert "transformers: FAILED" in (tmp_path / "summary.txt").read_text()
     bad = subprocess.run(cmd[:-1] + ["nosuch"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown part" in bad.stderr
+
+
+def test_ttft_comparison_pairs_the_same_prompt_lengths(script):
+    results = {"long": {"part": "long", "ok": True, "ttft_ms": {"32768": 2000.0, "131000": 20000.0}},
+               "transformers": {"part": "transformers", "ok": True, "ttft_ms": {"32768": 3000.0}}}  # fmt: skip
+    assert script.compare_ttft(results) == {"32768": {"llmctl_ms": 2000.0, "transformers_ms": 3000.0, "speedup": 1.5}}
+    assert "time to first token at 32768 tokens: llmctl 2000.0 ms, transformers (sdpa) 3000.0 ms: 1.5x" in (
+        script.summarize(results))
