@@ -70,7 +70,9 @@ def test_driver_writes_results_summary_and_skips_past_the_budget(tmp_path):
     done = subprocess.run(cmd + ["--budget-s", "0"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results) == ["transformers", "repro"] and all("budget" in r["error"] for r in results.values())
+    assert list(results) == ["transformers", "repro", "ttft_llmctl_vs_transformers"]
+    assert all("budget" in results[p]["error"] for p in ("transformers", "repro"))
+    assert results["ttft_llmctl_vs_transformers"] == {}
     assert "transformers: FAILED" in (tmp_path / "summary.txt").read_text()
     bad = subprocess.run(cmd[:-1] + ["nosuch"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown part" in bad.stderr
