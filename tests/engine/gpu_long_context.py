@@ -11,8 +11,8 @@ others' results with it), within --budget-s seconds in all; a part that fails re
   long         max_model_len 131,072: prompts of 20,000 / 32,000 / 131,000 tokens (a few greedy tokens each, finite
                logprobs), then llmctl's time to first token at 32,768 and 131,000 and batch-1 decode at 32k context
   chunked      a 2-layer model of the same layout (vocab 128,256) in float32: a 24,000-token prompt in chunks of 2,048,
-               8,192 (the CUDA default: three chunks, the size that crashed) and 32,768 (one chunk); every prompt
-               position's logprob and the greedy tokens against each other and against transformers
+               8,192 (the CUDA default: three chunks, the size that crashed) and 32,768 (one chunk); the greedy tokens'
+               top-5 logprobs and every prompt position's logprob against each other and against transformers
   transformers transformers (sdpa, bf16, logits_to_keep=1, no cache): one forward of 32,768 and 131,000 tokens
 Writes OUT/results.json, OUT/summary.txt (also printed) and OUT/<part>.json / .log per part.
 """
@@ -197,53 +197,63 @@ def part_long(s: dict, result: dict, save) -> None:
 
 
 def part_chunked(s: dict, result: dict, save) -> None:
-    """Every prompt position's logprob of a long prompt, float32: chunkings against each other and transformers."""
+    """A long prompt in float32 at several chunk sizes, against each other and transformers: the top-5 logprobs of
+    each greedy token, from a request that reads nothing back before its last chunk (the steps queue ahead of the
+    GPU: the path that crashed), and every prompt position's logprob, from a second request (prompt logprobs read
+    back every chunk)."""
     import torch
 
     from llmctl.core.engine.loader import load_weights
 
-    device = _device()
     config = {**s["config"], "num_hidden_layers": 2, "torch_dtype": "float32"}
     hf = _hf_model(config, torch.float32)
-    prompt = _prompt(s["chunk_prompt"], config["vocab_size"], 300)
-    ids = torch.tensor([prompt], device=device)
-    with torch.inference_mode():
-        hidden = hf.model(input_ids=ids, use_cache=False).last_hidden_state[0]  # (L, H)
-        ref = []
-        for lo in range(0, len(prompt) - 1, 2048):  # logits in slices: L x vocab floats would not fit
-            lp = torch.log_softmax(hf.lm_head(hidden[lo : min(lo + 2048, len(prompt) - 1)]).float(), dim=-1)
-            ref += lp.gather(1, ids[0, lo + 1 : lo + 1 + lp.shape[0], None])[:, 0].tolist()
-        first_ref = int(hf.lm_head(hidden[-1:]).argmax())
-        del hidden
     state = hf.state_dict()
+    prompt = _prompt(s["chunk_prompt"], config["vocab_size"], 300)
     result["prompt_len"] = len(prompt)
+    kv_bytes = config["num_hidden_layers"] * 2 * config["num_key_value_heads"] * config["head_dim"] * 4
     runs = {}
     for budget in s["chunk_budgets"]:
-        kv_bytes = config["num_hidden_layers"] * 2 * config["num_key_value_heads"] * config["head_dim"] * 4
         llm = _llm(config, s["chunk_len"], "float32", max_num_seqs=1, max_num_batched_tokens=budget,
                    kv_cache_memory=kv_bytes * s["chunk_len"])  # one sequence of chunk_len tokens
         load_weights(llm.llm_engine.runner.model, state.items(), llm.dtype)
-        run = _generate(llm, prompt, 4, prompt_logprobs=0)
-        out = run.pop("out")
-        lps = [d[prompt[i]].logprob for i, d in enumerate(out.prompt_logprobs) if d is not None]
-        runs[budget] = lps
-        result[f"chunks_of_{budget}"] = {
-            **run, "chunks": -(-len(prompt) // budget),
-            "max_abs_diff_vs_transformers": max(abs(a - b) for a, b in zip(lps, ref)),
-            "first_token_matches_transformers": run["tokens"][0] == first_ref,
-        }
-        del llm
+        run = _generate(llm, prompt, 4, logprobs=5)
+        sampled = [{t: lp.logprob for t, lp in d.items()} for d in run.pop("out").outputs[0].logprobs]
+        every = _generate(llm, prompt, 1, logprobs=None, prompt_logprobs=0)["out"]
+        lps = [d[prompt[i]].logprob for i, d in enumerate(every.prompt_logprobs) if d is not None]
+        runs[budget] = (sampled, lps)
+        result[f"chunks_of_{budget}"] = {**run, "chunks": -(-len(prompt) // budget)}
+        del llm, every
         _free()
         save()
+
+    # transformers over the prompt and the first run's tokens: every position's log-softmax, in slices
+    tokens = result[f"chunks_of_{s['chunk_budgets'][0]}"]["tokens"]
+    ids = torch.tensor(prompt + tokens[:-1], device=_device())
+    ref_prompt, ref_sampled = [], []
+    with torch.inference_mode():
+        hidden = hf.model(input_ids=ids[None], use_cache=False).last_hidden_state[0]  # (L + 3, H)
+        for lo in range(0, len(ids), 2048):
+            lp = torch.log_softmax(hf.lm_head(hidden[lo : lo + 2048]).float(), dim=-1)  # row i predicts token i + 1
+            nxt = ids[lo + 1 : lo + 1 + lp.shape[0]]
+            ref_prompt += lp[: len(nxt)].gather(1, nxt[:, None])[:, 0].tolist()
+            first = max(0, len(prompt) - 1 - lo)  # rows from position L - 1 on predict the generated tokens
+            ref_sampled += list(lp[first:].cpu())
+    ref_prompt = ref_prompt[: len(prompt) - 1]
+    del hidden
     one = runs[s["chunk_budgets"][-1]]
-    for budget, lps in runs.items():
-        result[f"chunks_of_{budget}"]["max_abs_diff_vs_one_chunk"] = max(abs(a - b) for a, b in zip(lps, one))
-    tokens = [result[f"chunks_of_{b}"]["tokens"] for b in s["chunk_budgets"]]
-    # float32: only the attention's summation order differs between chunkings (1e-5 in practice); a wrong key, block
-    # or position moves logprobs of random tokens by 1e-1 or more
-    result["ok"] = all(t == tokens[0] for t in tokens) and all(
-        result[f"chunks_of_{b}"]["max_abs_diff_vs_transformers"] < 2e-3
-        and result[f"chunks_of_{b}"]["max_abs_diff_vs_one_chunk"] < 2e-3 for b in s["chunk_budgets"])
+    for budget, (sampled, lps) in runs.items():
+        r = result[f"chunks_of_{budget}"]
+        r["prompt_logprob_max_diff_vs_transformers"] = max(abs(a - b) for a, b in zip(lps, ref_prompt))
+        r["prompt_logprob_max_diff_vs_one_chunk"] = max(abs(a - b) for a, b in zip(lps, one[1]))
+        r["sampled_logprob_max_diff_vs_transformers"] = max(
+            abs(lp - float(ref[t])) for d, ref in zip(sampled, ref_sampled) for t, lp in d.items())
+        r["tokens_are_transformers_greedy"] = r["tokens"] == [int(ref.argmax()) for ref in ref_sampled]
+    # float32: only summation orders differ (about 1e-5); a wrong key, block or position moves logprobs by 1e-1 or more
+    result["ok"] = all(
+        r["tokens"] == tokens and r["tokens_are_transformers_greedy"] and r["finite"]
+        and max(r["prompt_logprob_max_diff_vs_transformers"], r["prompt_logprob_max_diff_vs_one_chunk"],
+                r["sampled_logprob_max_diff_vs_transformers"]) < 2e-3
+        for r in (result[f"chunks_of_{b}"] for b in s["chunk_budgets"]))  # fmt: skip
     _memory(result)
 
 
@@ -319,9 +329,11 @@ def summarize(results: dict) -> str:
                          f"ttft {run['ttft_s']} s")  # fmt: skip
         for key, value in r.items():
             if key.startswith("chunks_of_"):
-                lines.append(f"  {key} ({value['chunks']} chunks): tokens {value['tokens']}, max |dlogprob| vs "
-                             f"transformers {value['max_abs_diff_vs_transformers']:.2e}, vs one chunk "
-                             f"{value.get('max_abs_diff_vs_one_chunk', float('nan')):.2e}")  # fmt: skip
+                nan = float("nan")
+                lines.append(f"  {key} ({value['chunks']} chunks): tokens {value['tokens']}; max |dlogprob|: prompt "
+                             f"vs transformers {value.get('prompt_logprob_max_diff_vs_transformers', nan):.2e}, vs one "
+                             f"chunk {value.get('prompt_logprob_max_diff_vs_one_chunk', nan):.2e}; sampled top-5 vs "
+                             f"transformers {value.get('sampled_logprob_max_diff_vs_transformers', nan):.2e}")  # fmt: skip
         if "ttft_ms" in r:
             lines.append("  time to first token (ms): " + ", ".join(f"{n}: {ms}" for n, ms in r["ttft_ms"].items()))
         if "decode" in r:

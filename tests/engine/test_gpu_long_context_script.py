@@ -47,8 +47,9 @@ def test_each_part_runs_on_a_tiny_config(script, sizes, part, tmp_path):
         one = result["chunks_of_256"]
         assert result["chunks_of_16"]["chunks"] == 13 and one["chunks"] == 1
         assert result["chunks_of_16"]["tokens"] == one["tokens"]
-        assert result["chunks_of_16"]["max_abs_diff_vs_one_chunk"] < 1e-4
-        assert one["max_abs_diff_vs_transformers"] < 1e-4
+        for r in (result["chunks_of_16"], one):
+            assert r["tokens_are_transformers_greedy"] and r["sampled_logprob_max_diff_vs_transformers"] < 1e-4
+            assert max(r["prompt_logprob_max_diff_vs_one_chunk"], r["prompt_logprob_max_diff_vs_transformers"]) < 1e-4
     assert script.summarize({part: result}).startswith(f"{part}: ok")
 
 
