@@ -329,16 +329,18 @@ def summarize(results: dict) -> str:
                          f"ttft {run['ttft_s']} s")  # fmt: skip
         for key, value in r.items():
             if key.startswith("chunks_of_"):
-                nan = float("nan")
+                p_hf, p_one, s_hf = (value.get(f"{k}_logprob_max_diff_vs_{v}", float("nan"))
+                                     for k, v in (("prompt", "transformers"), ("prompt", "one_chunk"),
+                                                  ("sampled", "transformers")))  # fmt: skip
                 lines.append(f"  {key} ({value['chunks']} chunks): tokens {value['tokens']}; max |dlogprob|: prompt "
-                             f"vs transformers {value.get('prompt_logprob_max_diff_vs_transformers', nan):.2e}, vs one "
-                             f"chunk {value.get('prompt_logprob_max_diff_vs_one_chunk', nan):.2e}; sampled top-5 vs "
-                             f"transformers {value.get('sampled_logprob_max_diff_vs_transformers', nan):.2e}")  # fmt: skip
+                             f"vs transformers {p_hf:.2e}, vs one chunk {p_one:.2e}; sampled top-5 vs transformers "
+                             f"{s_hf:.2e}")  # fmt: skip
         if "ttft_ms" in r:
             lines.append("  time to first token (ms): " + ", ".join(f"{n}: {ms}" for n, ms in r["ttft_ms"].items()))
         if "decode" in r:
             d = r["decode"]
-            lines.append(f"  batch-1 decode at {d['context']} context: {d['decode_tok_s']} tok/s ({d['new_tokens']} tokens)")
+            lines.append(f"  batch-1 decode at {d['context']} context: {d['decode_tok_s']} tok/s "
+                         f"({d['new_tokens']} tokens)")
         for key in ("kv_cache_tokens", "max_num_batched_tokens", "peak_gpu_gib"):
             if key in r:
                 lines.append(f"  {key}: {r[key]}")

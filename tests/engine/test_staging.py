@@ -13,7 +13,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def _step(rng, num_tokens: int, width: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """A packed step's arrays as ModelRunner.prepare lays them out: ids, positions, slots; qsl, seq_lens, tables."""
-    a64 = [rng.integers(0, 1000, num_tokens), rng.integers(0, 1 << 20, num_tokens), rng.integers(0, 1 << 40, num_tokens)]
+    a64 = [rng.integers(0, 1000, num_tokens), rng.integers(0, 1 << 20, num_tokens),
+           rng.integers(0, 1 << 40, num_tokens)]
     a32 = [np.array([0, num_tokens], dtype=np.int32), np.array([num_tokens], dtype=np.int32),
            rng.integers(0, 5000, (1, width)).astype(np.int32)]
     return a64, a32
