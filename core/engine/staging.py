@@ -48,23 +48,17 @@ def host_to_device(data: list, device: torch.device, dtype: torch.dtype = torch.
 class Staging:
     """Integer step inputs to the device in one copy, through buffers kept from step to step.
 
-    On CUDA two pinned host buffers of int32 words, used in turn, and one device buffer (all grown on demand;
-    allocating pinned memory for every step can cost milliseconds); int64 arrays take two words each. The returned
-    tensors are views into the device buffer, valid until the next send (its copy is queued behind the kernels that
-    read them). Not every step waits for the device: a prefill chunk that samples nothing returns at once, so the
-    copy of step n may still be queued behind step n - 1's kernels when the host fills step n + 1's inputs. A host
-    buffer is therefore refilled only after its previous copy has run (an event recorded after each copy): writing
-    it earlier hands the queued copy the next step's words (garbage positions and slots, then an illegal memory
-    access, for prompts of three or more chunks). On the CPU each array becomes its own tensor.
+    On CUDA a pinned host buffer of int32 words and a device buffer of the same size (grown on demand; allocating
+    pinned memory for every step can cost milliseconds); int64 arrays take two words each. The returned tensors are
+    views into the device buffer, valid until the next send: every step ends with a sync (the sampled tokens), so a
+    step never overwrites what a running one reads. On the CPU each array becomes its own tensor.
     """
 
     def __init__(self, device: torch.device, packed: bool | None = None):
         self.device = device
         self.packed = device.type == "cuda" if packed is None else packed  # packed=True on a CPU: tests
-        self._hosts = [torch.empty(0, dtype=torch.int32) for _ in range(2)]
-        self._copied: list = [None, None]  # per host buffer: an event recorded after its last copy (CUDA only)
-        self._turn = 0
-        self.dev = self._hosts[0]
+        self.host = torch.empty(0, dtype=torch.int32)
+        self.dev = self.host
 
     def send(self, int64_arrays: list[np.ndarray], int32_arrays: list[np.ndarray]) -> list[torch.Tensor]:
         if not self.packed:
@@ -72,26 +66,11 @@ class Staging:
         arrays = int64_arrays + int32_arrays
         specs = [(a.shape, torch.int64) for a in int64_arrays] + [(a.shape, torch.int32) for a in int32_arrays]
         offsets, words = word_layout(specs)
-        turn = self._turn
-        self._turn = (turn + 1) % len(self._hosts)
-        if self._copied[turn] is not None:
-            self._copied[turn].synchronize()  # the copy that last read this buffer has run
-        host = self._hosts[turn]
-        if words > host.numel():
+        if words > self.host.numel():
             capacity = 1 << max(12, (words - 1).bit_length())
-            host = self._hosts[turn] = torch.empty(capacity, dtype=torch.int32, pin_memory=self.device.type == "cuda")
-        if words > self.dev.numel():  # the old one is freed in stream order: kernels queued on it still read it
-            self.dev = torch.empty(host.numel(), dtype=torch.int32, device=self.device)
-        for dest, a in zip(word_views(host.numpy(), specs, offsets), arrays):
+            self.host = torch.empty(capacity, dtype=torch.int32, pin_memory=self.device.type == "cuda")
+            self.dev = torch.empty(capacity, dtype=torch.int32, device=self.device)
+        for dest, a in zip(word_views(self.host.numpy(), specs, offsets), arrays):
             dest[...] = a
-        self._copied[turn] = self._copy(self.dev[:words], host[:words], self._copied[turn])
+        self.dev[:words].copy_(self.host[:words], non_blocking=True)
         return word_views(self.dev, specs, offsets)
-
-    def _copy(self, dev: torch.Tensor, host: torch.Tensor, event):
-        """Queue dev <- host without waiting; returns `event` (or a new one) recorded after the copy, None off CUDA."""
-        dev.copy_(host, non_blocking=True)
-        if self.device.type != "cuda":
-            return None
-        event = event or torch.cuda.Event()
-        event.record()
-        return event
