@@ -234,20 +234,26 @@ def part_chunked(s: dict, result: dict, save) -> None:
         _free()
         save()
 
-    # transformers over the prompt and the first run's tokens: every position's log-softmax, in slices
+    # transformers over the prompt and the first run's tokens, fed in slices through its own KV cache (one pass of
+    # 20k float32 tokens takes the math attention path: a 20k x 20k score matrix per head); every position's
+    # log-softmax
+    from transformers import DynamicCache
+
     tokens = result[f"chunks_of_{s['chunk_budgets'][0]}"]["tokens"]
     ids = torch.tensor(prompt + tokens[:-1], device=_device())
     ref_prompt, ref_sampled = [], []
+    cache = DynamicCache()
     with torch.inference_mode():
-        hidden = hf.model(input_ids=ids[None], use_cache=False).last_hidden_state[0]  # (L + 3, H)
         for lo in range(0, len(ids), 2048):
-            lp = torch.log_softmax(hf.lm_head(hidden[lo : lo + 2048]).float(), dim=-1)  # row i predicts token i + 1
+            hidden = hf.model(input_ids=ids[None, lo : lo + 2048], past_key_values=cache,
+                              use_cache=True).last_hidden_state[0]  # (<= 2048, H)
+            lp = torch.log_softmax(hf.lm_head(hidden).float(), dim=-1)  # row i predicts token lo + i + 1
             nxt = ids[lo + 1 : lo + 1 + lp.shape[0]]
             ref_prompt += lp[: len(nxt)].gather(1, nxt[:, None])[:, 0].tolist()
             first = max(0, len(prompt) - 1 - lo)  # rows from position L - 1 on predict the generated tokens
             ref_sampled += list(lp[first:].cpu())
+    del cache
     ref_prompt = ref_prompt[: len(prompt) - 1]
-    del hidden
     one = runs[s["chunk_budgets"][-1]]
     for budget, (sampled, lps) in runs.items():
         r = result[f"chunks_of_{budget}"]
