@@ -82,15 +82,18 @@ class Staging:
         host = self.hosts[i]
         for dest, a in zip(word_views(host.numpy(), specs, offsets), arrays):
             dest[...] = a
-        self.copied[i] = self.copy(self.dev[:words], host[:words])
+        self.copied[i] = self.copy(self.dev[:words], host[:words], self.copied[i])
         return word_views(self.dev, specs, offsets)
 
-    def copy(self, dest: torch.Tensor, src: torch.Tensor):
-        """Queue dest <- src; return an event whose synchronize() waits until the copy ran (None: it has run)."""
+    def copy(self, dest: torch.Tensor, src: torch.Tensor, done):
+        """Queue dest <- src; return an event whose synchronize() waits until the copy ran (None: it has run).
+
+        `done` is the buffer's event from its last copy (None the first time): recorded again, not made anew.
+        """
         dest.copy_(src, non_blocking=True)
         if dest.device.type != "cuda":
             return None
-        done = torch.cuda.Event()
+        done = done or torch.cuda.Event()
         done.record()
         return done
 

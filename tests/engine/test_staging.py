@@ -48,7 +48,7 @@ class _QueuedStaging(Staging):
         super().__init__(torch.device("cpu"), packed=True)
         self.stream = stream
 
-    def copy(self, dest, src):
+    def copy(self, dest, src, done):
         self.stream.enqueue(lambda: dest.copy_(src))
         return self.stream.event()
 
