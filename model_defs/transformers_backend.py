@@ -15,11 +15,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
 import importlib
+import inspect
+import sys
 
 import torch
 from torch import nn
 
+from llmctl.core import backend_features as features
+from llmctl.core.backend_features import NO_BASE_REASON
 from llmctl.core.errors import UnsupportedModelError
 from llmctl.kernels.dispatch import get_op
 from llmctl.model_defs.layers.context import ForwardContext
@@ -118,6 +123,59 @@ def kv_cache_shape(config) -> tuple[int, int, int]:
     return text.num_hidden_layers, num_kv_heads, head_dim
 
 
+def backend_blocker(hf) -> str | None:
+    """Why the built transformers model `hf` would not run correctly here, or None (core/backend_features.py's rules).
+
+    Read from what was built: the cache layer kinds transformers itself would allocate for it, then every
+    module below the model classes: a causal Conv1d over the sequence or a layer class whose code keeps
+    conv / SSM / recurrent state, attention sinks, a value head size unlike the query's, a forward that
+    reads the attention mask.
+    """
+    from transformers import PreTrainedModel
+
+    types = _cache_layer_types(_text_config(hf.config))
+    reason = features.layer_types_blocker(types) if types else None
+    if reason is not None:
+        return reason
+    found: dict[str, set[str]] = {"state": set(), "mask": set(), "sinks": set()}
+    value_head = None
+    modules = dict(hf.named_modules())
+    for name, module in modules.items():
+        if isinstance(module, PreTrainedModel):
+            continue
+        if isinstance(module, nn.Conv1d):  # a causal convolution over the tokens: its window is state
+            found["state"].add(type(modules[name.rpartition(".")[0]]).__name__)
+        if isinstance(getattr(module, "sinks", None), torch.Tensor):
+            found["sinks"].add(type(module).__name__)
+        for feature, classes in _class_features(type(module)).items():
+            found[feature] |= classes
+        query = getattr(module, "qk_head_dim", None) or getattr(module, "head_dim", None)
+        value_head = value_head or features.value_head_reason(getattr(module, "v_head_dim", None), query)
+    return features.features_blocker(found, None) or value_head
+
+
+@functools.lru_cache(maxsize=None)
+def _class_features(cls) -> dict[str, set[str]]:
+    if cls.__module__.startswith("torch."):  # torch's own layers: Conv1d is judged by where it sits
+        return {}
+    try:
+        source = inspect.getsource(sys.modules[cls.__module__])
+    except (OSError, TypeError, KeyError):  # built-in or generated classes: nothing to read
+        return {}
+    return features.class_features(source, cls.__name__)
+
+
+def _cache_layer_types(config) -> list[str] | None:
+    """The per-layer cache kinds transformers would allocate for `config` (its own reading of the layout)."""
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        types, _ = get_layer_types_and_kwargs(config)
+    except Exception:  # older transformers, or a config its helper cannot read: the module tree still decides
+        return features.layer_types(config.to_dict())
+    return list(types)
+
+
 class TransformersForCausalLM(nn.Module):
     """Any transformers causal LM whose attention goes through the AttentionInterface, on llmctl's engine.
 
@@ -155,6 +213,9 @@ class TransformersForCausalLM(nn.Module):
                 f"transformers' {type(hf).__name__} does not route attention through its AttentionInterface, "
                 "so llmctl's paged attention cannot serve it"
             )
+        reason = backend_blocker(hf)
+        if reason is not None:
+            raise UnsupportedModelError(f"{type(hf).__name__} cannot run through the transformers backend: {reason}")
         self.config = hf.config
         self.architecture = type(hf).__name__
         self.base_model_prefix = hf.base_model_prefix
@@ -165,7 +226,7 @@ class TransformersForCausalLM(nn.Module):
             (name for name, child in hf.named_children() if child is hf.get_output_embeddings()), None
         )
         if self._base_name is None or self._head_name is None:
-            raise UnsupportedModelError(f"{type(hf).__name__} has no base model / output embedding llmctl can drive")
+            raise UnsupportedModelError(NO_BASE_REASON.format(architecture=type(hf).__name__))
         text = _text_config(self.config)
         self.final_logit_softcap = getattr(text, "final_logit_softcapping", None)
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere multiplies its logits
