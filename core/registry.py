@@ -101,9 +101,19 @@ _ROWS: tuple[ArchInfo, ...] = (
 
 REGISTRY: dict[str, ArchInfo] = {row.architecture: row for row in _ROWS}
 
-# Architectures run through the transformers backend, at the level its tests show (the same LEVELS);
-# tests/models/test_transformers_backend.py lists the strict ones in CONSISTENCY_ARCHITECTURES.
-TRANSFORMERS_VERIFIED: dict[str, str] = {"Starcoder2ForCausalLM": "strict", "MixtralForCausalLM": "strict"}
+# Architectures run through the transformers backend, at the level its tests show (the same LEVELS): strict
+# where tests/models/test_check_truth.py (tiny checkpoints of tests/models/backend_cases.py) or
+# test_transformers_backend.py holds greedy tokens and top-5 logprobs to transformers'. Others: "none".
+TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
+    "AfmoeForCausalLM", "ApertusForCausalLM", "ArceeForCausalLM", "Cohere2ForCausalLM", "CohereForCausalLM",
+    "CwmForCausalLM", "DbrxForCausalLM", "Dots1ForCausalLM", "Ernie4_5ForCausalLM", "Ernie4_5_MoeForCausalLM",
+    "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM", "Glm4ForCausalLM",
+    "Glm4MoeForCausalLM", "GlmForCausalLM", "GraniteForCausalLM", "GraniteMoeForCausalLM",
+    "GraniteMoeSharedForCausalLM", "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM",
+    "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM",
+    "OlmoForCausalLM", "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM",
+    "SeedOssForCausalLM", "SmolLM3ForCausalLM", "Starcoder2ForCausalLM",
+), "strict")  # fmt: skip
 
 
 def all_architectures() -> list[ArchInfo]:
