@@ -38,6 +38,7 @@ STATE_REASON = (
     "its {what} keep{s} state between steps other than attention keys and values ({detail}), "
     "which llmctl's paged KV cache does not hold: each decode step would see only the new token"
 )
+NO_BASE_REASON = "{architecture} has no base model / output embedding llmctl can drive"
 
 
 def layer_types(config: dict[str, Any]) -> list[str] | None:
@@ -143,10 +144,12 @@ def features_blocker(features: dict[str, set[str]], types: list[str] | None) -> 
         names = ", ".join(sorted(features["state"]))
         return STATE_REASON.format(what=f"{names} layers", s="", detail="convolution / recurrent / SSM state")
     if features["sinks"]:
-        return f"its attention uses attention sinks ({', '.join(sorted(features['sinks']))}), which llmctl's attention op lacks"
+        names = ", ".join(sorted(features["sinks"]))
+        return f"its attention uses attention sinks ({names}), which llmctl's attention op lacks"
     if features["mask"]:
         names = ", ".join(sorted(features["mask"]))
-        return f"{names} read{'s' if len(features['mask']) == 1 else ''} the attention mask itself, which llmctl does not build"
+        verb = "reads" if len(features["mask"]) == 1 else "read"
+        return f"{names} {verb} the attention mask itself, which llmctl does not build"
     return None
 
 
@@ -162,7 +165,7 @@ def base_model_blocker(source: str, architecture: str) -> str | None:
         return None
     prefix, cls = None, node
     while cls is not None and prefix is None:
-        prefix = next((_str_assign(s, "base_model_prefix") for s in cls.body if _str_assign(s, "base_model_prefix")), None)
+        prefix = next(filter(None, (_str_assign(s, "base_model_prefix") for s in cls.body)), None)
         parent = next((b.id for b in cls.bases if isinstance(b, ast.Name) and b.id in classes), None)
         cls = classes.get(parent) if parent else None
     init = next((f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
@@ -174,8 +177,6 @@ def base_model_blocker(source: str, architecture: str) -> str | None:
         return NO_BASE_REASON.format(architecture=architecture)
     return None
 
-
-NO_BASE_REASON = "{architecture} has no base model / output embedding llmctl can drive"
 
 
 def _str_assign(stmt: ast.stmt, name: str) -> str | None:

@@ -199,7 +199,9 @@ def _modeling_source(architecture: str, model_type: str | None) -> str:
     return ""
 
 
-def transformers_backend_blocker(architecture: str, model_type: str | None = None, config: dict | None = None) -> str | None:
+def transformers_backend_blocker(
+    architecture: str, model_type: str | None = None, config: dict | None = None
+) -> str | None:
     """Why the transformers backend cannot run `architecture`, or None when it can (source text only, no import).
 
     It can when transformers builds the class as a causal LM, the class routes attention through

@@ -115,7 +115,7 @@ class NotBuildable(Exception):
 
 
 def model_type_for(architecture: str) -> str:
-    """The model_type whose auto mapping builds `architecture` as a causal LM (the one whose modeling file defines it)."""
+    """The model_type whose auto mapping builds `architecture` as a causal LM (preferring the file defining it)."""
     import importlib.util
     from pathlib import Path
 

@@ -135,7 +135,9 @@ class FooModel(FooPreTrainedModel):
     assert "FooMixer, FooShortConv layers keep state" in bf.features_blocker(found, None)
     assert "FooMixer" in bf.features_blocker(found, ["conv", "full_attention"])
     only_mask = {"state": set(), "sinks": set(), "mask": {"FooIndexer"}}
-    assert bf.features_blocker(only_mask, None) == "FooIndexer reads the attention mask itself, which llmctl does not build"
+    assert bf.features_blocker(only_mask, None) == (
+        "FooIndexer reads the attention mask itself, which llmctl does not build"
+    )
     attention_only = {"state": {"FooShortConv"}, "sinks": set(), "mask": set()}
     assert bf.features_blocker(attention_only, ["full_attention", "sliding_attention"]) is None
 

@@ -90,7 +90,8 @@ def _hf_greedy(hf, prompt: list[int]) -> tuple[list[int], list[torch.Tensor]]:
     ids = torch.tensor([prompt])
     with torch.no_grad():
         out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
-                          output_logits=True, return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)  # fmt: skip
+                          output_logits=True, return_dict_in_generate=True, eos_token_id=None,
+                          pad_token_id=0)  # fmt: skip
     return out.sequences[0, len(prompt) :].tolist(), [torch.log_softmax(s[0].float(), -1) for s in out.logits]
 
 
