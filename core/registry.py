@@ -110,9 +110,9 @@ TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
     "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM", "Glm4ForCausalLM",
     "Glm4MoeForCausalLM", "GlmForCausalLM", "GraniteForCausalLM", "GraniteMoeForCausalLM",
     "GraniteMoeSharedForCausalLM", "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM",
-    "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM",
-    "OlmoForCausalLM", "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM",
-    "SeedOssForCausalLM", "SmolLM3ForCausalLM", "Starcoder2ForCausalLM",
+    "MiniCPM3ForCausalLM", "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo2ForCausalLM",
+    "Olmo3ForCausalLM", "OlmoForCausalLM", "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM", "SeedOssForCausalLM", "SmolLM3ForCausalLM", "Starcoder2ForCausalLM",
 ), "strict")  # fmt: skip
 
 

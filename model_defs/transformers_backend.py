@@ -115,11 +115,17 @@ def _text_config(config):
 
 
 def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim) from the (text) config; head_dim keys win over hidden / heads."""
+    """(num_layers, num_kv_heads, head_dim) from the (text) config; head size keys win over hidden / heads."""
     text = _text_config(config)
     num_heads = text.num_attention_heads
     num_kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    # MLA families (DeepSeek-V2/V3, MiniCPM3) attend with query/key heads of nope + rope channels, while their
+    # config's head_dim names the rope part only.
+    nope, rope = getattr(text, "qk_nope_head_dim", None), getattr(text, "qk_rope_head_dim", None)
+    head_dim = (
+        getattr(text, "qk_head_dim", None) or (nope + rope if nope and rope else None)
+        or getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    )  # fmt: skip
     return text.num_hidden_layers, num_kv_heads, head_dim
 
 

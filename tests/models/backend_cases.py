@@ -93,7 +93,7 @@ OVERRIDES: dict[str, dict] = {
         head_dim=8,
     ),
     "Mamba2ForCausalLM": dict(num_heads=8, head_dim=16, n_groups=1, state_size=16, chunk_size=16),
-    "MiniCPM3ForCausalLM": dict(_MLA, v_head_dim=16),
+    "MiniCPM3ForCausalLM": dict(_MLA, v_head_dim=24),  # MLA whose value heads match the query's: it runs
     "MiniMaxForCausalLM": dict(layer_types=["linear_attention", "full_attention"], block_size=4),
     "MiMoV2FlashForCausalLM": dict(v_head_dim=8),
     "NemotronHForCausalLM": dict(
