@@ -35,8 +35,9 @@ _STATE_TEXT = re.compile(r"conv_state|ssm_state|recurrent_state|cache_params|lin
 _SINKS_TEXT = re.compile(r"\bs_aux=|self\.sinks\s*=\s*nn\.Parameter")
 
 STATE_REASON = (
-    "its {what} keep{s} state between steps other than attention keys and values ({detail}), "
-    "which llmctl's paged KV cache does not hold: each decode step would see only the new token"
+    "its {what} layers keep state between steps besides attention keys and values (convolution, SSM or "
+    "linear-attention state), which llmctl's paged KV cache does not hold: each decode step would see only "
+    "the new token"
 )
 NO_BASE_REASON = "{architecture} has no base model / output embedding llmctl can drive"
 
@@ -70,7 +71,7 @@ def layer_types_blocker(types: Iterable[str]) -> str | None:
     kinds = list(dict.fromkeys(types))
     state = [t for t in kinds if t in STATE_LAYER_TYPES]
     if state:
-        return STATE_REASON.format(what=f"{', '.join(state)} layers", s="", detail="transformers' layer types")
+        return STATE_REASON.format(what=", ".join(state))
     other = [t for t in kinds if t not in ATTENTION_LAYER_TYPES | PLAIN_LAYER_TYPES]
     if other:
         return (
@@ -142,7 +143,7 @@ def features_blocker(features: dict[str, set[str]], types: list[str] | None) -> 
     """The reason of class_features' findings (for the classes a model builds), given its layer kinds."""
     if features["state"] and (types is None or any(t not in ATTENTION_LAYER_TYPES | PLAIN_LAYER_TYPES for t in types)):
         names = ", ".join(sorted(features["state"]))
-        return STATE_REASON.format(what=f"{names} layers", s="", detail="convolution / recurrent / SSM state")
+        return STATE_REASON.format(what=names)
     if features["sinks"]:
         names = ", ".join(sorted(features["sinks"]))
         return f"its attention uses attention sinks ({names}), which llmctl's attention op lacks"
