@@ -66,19 +66,22 @@ def layer_types(config: dict[str, Any]) -> list[str] | None:
     return None
 
 
+def joined(*reasons: str | None) -> str | None:
+    """Every reason that applies, in one line ("; " between them), or None."""
+    found = [r for r in reasons if r]
+    return "; ".join(dict.fromkeys(found)) if found else None
+
+
 def layer_types_blocker(types: Iterable[str]) -> str | None:
     """Why layers of these kinds cannot run through the backend, or None."""
     kinds = list(dict.fromkeys(types))
     state = [t for t in kinds if t in STATE_LAYER_TYPES]
-    if state:
-        return STATE_REASON.format(what=", ".join(state))
-    other = [t for t in kinds if t not in ATTENTION_LAYER_TYPES | PLAIN_LAYER_TYPES]
-    if other:
-        return (
-            f"its {', '.join(other)} layers need an attention pattern llmctl's attention op lacks "
-            "(it serves causal full and sliding-window attention)"
-        )
-    return None
+    other = [t for t in kinds if t not in ATTENTION_LAYER_TYPES | PLAIN_LAYER_TYPES | STATE_LAYER_TYPES]
+    return joined(
+        STATE_REASON.format(what=", ".join(state)) if state else None,
+        f"its {', '.join(other)} layers need an attention pattern llmctl's attention op lacks "
+        "(it serves causal full and sliding-window attention)" if other else None,
+    )
 
 
 def value_head_blocker(config: dict[str, Any]) -> str | None:
@@ -141,17 +144,17 @@ def _reads_mask(fn: ast.FunctionDef) -> bool:
 
 def features_blocker(features: dict[str, set[str]], types: list[str] | None) -> str | None:
     """The reason of class_features' findings (for the classes a model builds), given its layer kinds."""
+    reasons = []
     if features["state"] and (types is None or any(t not in ATTENTION_LAYER_TYPES | PLAIN_LAYER_TYPES for t in types)):
-        names = ", ".join(sorted(features["state"]))
-        return STATE_REASON.format(what=names)
+        reasons.append(STATE_REASON.format(what=", ".join(sorted(features["state"]))))
     if features["sinks"]:
         names = ", ".join(sorted(features["sinks"]))
-        return f"its attention uses attention sinks ({names}), which llmctl's attention op lacks"
+        reasons.append(f"its attention uses attention sinks ({names}), which llmctl's attention op lacks")
     if features["mask"]:
         names = ", ".join(sorted(features["mask"]))
         verb = "reads" if len(features["mask"]) == 1 else "read"
-        return f"{names} {verb} the attention mask itself, which llmctl does not build"
-    return None
+        reasons.append(f"{names} {verb} the attention mask itself, which llmctl does not build")
+    return joined(*reasons)
 
 
 def base_model_blocker(source: str, architecture: str) -> str | None:
@@ -191,9 +194,9 @@ def static_blocker(source: str, architecture: str, config: dict[str, Any] | None
     """Why the backend cannot run `architecture` with this config.json, from its modeling source; None when it can."""
     config = config if isinstance(config, dict) else {}
     types = layer_types(config)
-    return (
-        (layer_types_blocker(types) if types else None)
-        or features_blocker(class_features(source), types)
-        or value_head_blocker(config)
-        or base_model_blocker(source, architecture)
+    return joined(
+        layer_types_blocker(types) if types else None,
+        features_blocker(class_features(source), types),
+        value_head_blocker(config),
+        base_model_blocker(source, architecture),
     )

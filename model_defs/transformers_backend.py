@@ -140,9 +140,6 @@ def backend_blocker(hf) -> str | None:
     from transformers import PreTrainedModel
 
     types = _cache_layer_types(_text_config(hf.config))
-    reason = features.layer_types_blocker(types) if types else None
-    if reason is not None:
-        return reason
     found: dict[str, set[str]] = {"state": set(), "mask": set(), "sinks": set()}
     value_head = None
     modules = dict(hf.named_modules())
@@ -157,7 +154,8 @@ def backend_blocker(hf) -> str | None:
             found[feature] |= classes
         query = getattr(module, "qk_head_dim", None) or getattr(module, "head_dim", None)
         value_head = value_head or features.value_head_reason(getattr(module, "v_head_dim", None), query)
-    return features.features_blocker(found, None) or value_head
+    layers = features.layer_types_blocker(types) if types else None
+    return features.joined(layers, features.features_blocker(found, None), value_head)
 
 
 @functools.lru_cache(maxsize=None)
@@ -219,7 +217,11 @@ class TransformersForCausalLM(nn.Module):
                 f"transformers' {type(hf).__name__} does not route attention through its AttentionInterface, "
                 "so llmctl's paged attention cannot serve it"
             )
-        reason = backend_blocker(hf)
+        base = hf.base_model_prefix if hasattr(hf, hf.base_model_prefix) else None
+        head = next((name for name, child in hf.named_children() if child is hf.get_output_embeddings()), None)
+        reason = features.joined(
+            backend_blocker(hf), NO_BASE_REASON.format(architecture=type(hf).__name__) if None in (base, head) else None
+        )
         if reason is not None:
             raise UnsupportedModelError(f"{type(hf).__name__} cannot run through the transformers backend: {reason}")
         self.config = hf.config
@@ -227,12 +229,7 @@ class TransformersForCausalLM(nn.Module):
         self.base_model_prefix = hf.base_model_prefix
         for name, child in hf.named_children():
             self.add_module(name, child)
-        self._base_name = hf.base_model_prefix if hasattr(hf, hf.base_model_prefix) else None
-        self._head_name = next(
-            (name for name, child in hf.named_children() if child is hf.get_output_embeddings()), None
-        )
-        if self._base_name is None or self._head_name is None:
-            raise UnsupportedModelError(NO_BASE_REASON.format(architecture=type(hf).__name__))
+        self._base_name, self._head_name = base, head
         text = _text_config(self.config)
         self.final_logit_softcap = getattr(text, "final_logit_softcapping", None)
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere multiplies its logits

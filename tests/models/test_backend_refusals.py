@@ -210,3 +210,17 @@ def test_generate_refuses_with_checks_reason(lfm2_checkpoint):
     for impl in ("transformers", "native"):
         result = CliRunner().invoke(app, ["generate", "-m", str(folder), "--prompt", "hi", "--model-impl", impl])
         assert result.exit_code == 1 and "Traceback" not in result.stderr
+
+
+def test_every_reason_that_applies_is_given(tmp_path):
+    # Llama 4's text class keeps its base model under another name than its base_model_prefix, chunked or not.
+    llama4 = dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=64)
+    code, data = _check(_folder(tmp_path, "a", "Llama4ForCausalLM", "llama4_text", **llama4,
+                                layer_types=["full_attention"] * 2, attention_chunk_size=None))  # fmt: skip
+    assert code == 1 and _backend_reason(data).endswith("Llama4ForCausalLM has no base model / output embedding "
+                                                        "llmctl can drive")  # fmt: skip
+    code, data = _check(_folder(tmp_path, "b", "Llama4ForCausalLM", "llama4_text", **llama4,
+                                layer_types=["chunked_attention", "full_attention"]))  # fmt: skip
+    reason = _backend_reason(data)
+    assert "chunked_attention layers" in reason and "; Llama4ForCausalLM has no base model" in reason
+    assert bf.joined(None, "a", "b", "a") == "a; b" and bf.joined(None, None) is None
