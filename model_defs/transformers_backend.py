@@ -150,8 +150,8 @@ def backend_blocker(hf) -> str | None:
             found["state"].add(type(modules[name.rpartition(".")[0]]).__name__)
         if isinstance(getattr(module, "sinks", None), torch.Tensor):
             found["sinks"].add(type(module).__name__)
-        for feature, classes in _class_features(type(module)).items():
-            found[feature] |= classes
+        for feature, classes in _module_features(type(module).__module__).items():
+            found[feature] |= classes & {type(module).__name__}
         query = getattr(module, "qk_head_dim", None) or getattr(module, "head_dim", None)
         value_head = value_head or features.value_head_reason(getattr(module, "v_head_dim", None), query)
     layers = features.layer_types_blocker(types) if types else None
@@ -159,14 +159,15 @@ def backend_blocker(hf) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _class_features(cls) -> dict[str, set[str]]:
-    if cls.__module__.startswith("torch."):  # torch's own layers: Conv1d is judged by where it sits
+def _module_features(module_name: str) -> dict[str, set[str]]:
+    """class_features of a whole modeling module (read and parsed once per module)."""
+    if module_name.startswith("torch."):  # torch's own layers: Conv1d is judged by where it sits
         return {}
     try:
-        source = inspect.getsource(sys.modules[cls.__module__])
-    except (OSError, TypeError, KeyError):  # built-in or generated classes: nothing to read
+        source = inspect.getsource(sys.modules[module_name])
+    except (OSError, TypeError, KeyError):  # built-in or generated modules: nothing to read
         return {}
-    return features.class_features(source, cls.__name__)
+    return features.class_features(source)
 
 
 def _cache_layer_types(config) -> list[str] | None:
