@@ -101,9 +101,19 @@ _ROWS: tuple[ArchInfo, ...] = (
 
 REGISTRY: dict[str, ArchInfo] = {row.architecture: row for row in _ROWS}
 
-# Architectures run through the transformers backend, at the level its tests show (the same LEVELS);
-# tests/models/test_transformers_backend.py lists the strict ones in CONSISTENCY_ARCHITECTURES.
-TRANSFORMERS_VERIFIED: dict[str, str] = {"Starcoder2ForCausalLM": "strict", "MixtralForCausalLM": "strict"}
+# Architectures run through the transformers backend, at the level its tests show (the same LEVELS): strict
+# where tests/models/test_check_truth.py (tiny checkpoints of tests/models/backend_cases.py) or
+# test_transformers_backend.py holds greedy tokens and top-5 logprobs to transformers'. Others: "none".
+TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
+    "AfmoeForCausalLM", "ApertusForCausalLM", "ArceeForCausalLM", "Cohere2ForCausalLM", "CohereForCausalLM",
+    "CwmForCausalLM", "DbrxForCausalLM", "Dots1ForCausalLM", "Ernie4_5ForCausalLM", "Ernie4_5_MoeForCausalLM",
+    "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM", "Glm4ForCausalLM",
+    "Glm4MoeForCausalLM", "GlmForCausalLM", "GraniteForCausalLM", "GraniteMoeForCausalLM",
+    "GraniteMoeSharedForCausalLM", "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM",
+    "MiniCPM3ForCausalLM", "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo2ForCausalLM",
+    "Olmo3ForCausalLM", "OlmoForCausalLM", "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM", "SeedOssForCausalLM", "SmolLM3ForCausalLM", "Starcoder2ForCausalLM",
+), "strict")  # fmt: skip
 
 
 def all_architectures() -> list[ArchInfo]:
@@ -189,11 +199,15 @@ def _modeling_source(architecture: str, model_type: str | None) -> str:
     return ""
 
 
-def transformers_backend_blocker(architecture: str, model_type: str | None = None) -> str | None:
+def transformers_backend_blocker(
+    architecture: str, model_type: str | None = None, config: dict | None = None
+) -> str | None:
     """Why the transformers backend cannot run `architecture`, or None when it can (source text only, no import).
 
-    It can when transformers builds the class as a causal LM and the class routes attention through
-    transformers' AttentionInterface (`_supports_attention_backend = True`), where llmctl's attention plugs in.
+    It can when transformers builds the class as a causal LM, the class routes attention through
+    transformers' AttentionInterface (`_supports_attention_backend = True`), where llmctl's attention plugs in,
+    and nothing in its layers needs what llmctl's attention and KV cache lack (core/backend_features.py;
+    `config`, the config.json dict, says which layers the model builds).
     """
     if _transformers_models_dir() is None:
         return "transformers is not installed"
@@ -207,7 +221,9 @@ def transformers_backend_blocker(architecture: str, model_type: str | None = Non
             f"transformers' {architecture} does not route attention through its attention interface, "
             "so llmctl's paged attention cannot serve it"
         )
-    return None
+    from llmctl.core.backend_features import static_blocker
+
+    return static_blocker(source, architecture, config)
 
 
 def implementation_for(
@@ -218,6 +234,7 @@ def implementation_for(
     task: str = GENERATE,
     remote_code: bool = False,
     trust_remote_code: bool = False,
+    config: dict | None = None,
 ) -> str:
     """"native" or "transformers": which implementation runs `architecture` for model_impl auto | native | transformers.
 
@@ -238,7 +255,7 @@ def implementation_for(
     if row is not None and row.status == "native" and model_impl != "transformers":
         return "native"
     if model_impl == "native":
-        can = not remote_code and transformers_backend_blocker(architecture, model_type) is None
+        can = not remote_code and transformers_backend_blocker(architecture, model_type, config) is None
         raise UnsupportedModelError(
             f"{architecture} has no native model definition in llmctl",
             hint="model_impl='auto' or 'transformers' runs it through the transformers backend" if can else None,
@@ -252,13 +269,16 @@ def implementation_for(
             f"{architecture} needs code from its repo",
             hint="pass trust_remote_code=True (--trust-remote-code) if you trust it",
         )
-    blocker = transformers_backend_blocker(architecture, model_type)
+    blocker = transformers_backend_blocker(architecture, model_type, config)
     if blocker is not None:
         if model_impl == "transformers":
-            raise UnsupportedModelError(f"{architecture} cannot run through the transformers backend", hint=blocker)
-        if row is None:
+            raise UnsupportedModelError(f"{architecture} cannot run through the transformers backend: {blocker}")
+        if row is None and not transformers_has(architecture):
             get_arch(architecture)  # raises the registry's error: what is native, the nearest match
-        raise UnsupportedModelError(f"{architecture} has no native model definition in llmctl yet", hint=blocker)
+        raise UnsupportedModelError(
+            f"{architecture} has no native model definition in llmctl yet, and the transformers backend "
+            f"cannot run it: {blocker}"
+        )
     return "transformers"
 
 

@@ -86,7 +86,7 @@ def verdict(
         implementation = "native"
         supported = True
     else:
-        blocker = None if remote else transformers_backend_blocker(spec.architecture, spec.model_type)
+        blocker = None if remote else transformers_backend_blocker(spec.architecture, spec.model_type, spec.config)
         if (remote and trust_remote_code) or (not remote and blocker is None):
             implementation, supported = "transformers", True
             note = REMOTE_NOTE if remote else TRANSFORMERS_NOTE
