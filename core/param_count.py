@@ -11,10 +11,10 @@ from llmctl.core.spec import ModelSpec
 
 @dataclass(frozen=True, slots=True)
 class Counts:
-    """total parameters; `inactive` = routed-expert parameters a token does not use; what was counted."""
+    """total parameters; `inactive` = routed-expert parameters a token does not use (None: top-k unknown)."""
 
     total: int
-    inactive: int = 0
+    inactive: int | None = 0
     note: str | None = None
 
 
@@ -136,12 +136,13 @@ def _layout(spec: ModelSpec) -> _Layout:
     )
 
 
-def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int]:
+def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int | None]:
     """(parameters, inactive parameters) of decoder layer `index`'s feed-forward block."""
     h, c, moe = spec.hidden_size, spec.text_config, spec.moe
     if moe is None or not moe.is_moe_layer(index):
         return _mlp(h, spec.intermediate_size, gated=lay.gated, bias=lay.mlp_bias), 0
     expert = _mlp(h, moe.moe_intermediate_size, gated=True)
+    idle = None if moe.experts_per_token is None else (moe.num_experts - moe.experts_per_token) * expert
     total = moe.num_experts * expert + moe.num_experts * h  # experts + router
     if spec.text_family == "deepseek_v3" or c.get("topk_method") == "noaux_tc":
         # DeepSeek-V3's router has e_score_correction_bias: a buffer in transformers, a tensor in the checkpoint,
@@ -151,7 +152,7 @@ def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int]:
         total += _mlp(h, moe.shared_expert_intermediate_size, gated=True) + h
     elif moe.num_shared_experts:  # DeepSeek: shared experts fused into one wider MLP
         total += _mlp(h, moe.moe_intermediate_size * moe.num_shared_experts, gated=True)
-    return total, (moe.num_experts - moe.experts_per_token) * expert
+    return total, idle
 
 
 def _tied(spec: ModelSpec) -> bool:
@@ -175,7 +176,7 @@ def _decoder(spec: ModelSpec) -> Counts:
     for index in range(spec.num_layers):
         ffn, idle = _ffn(spec, lay, index)
         total += per_layer + ffn
-        inactive += idle
+        inactive = None if inactive is None or idle is None else inactive + idle
     total += _norm(h, lay.norm_bias) if lay.final_norm else 0
     note = None
     if has_lm_head(spec):
@@ -299,8 +300,17 @@ _SPECIAL: dict[str, Callable[[ModelSpec], Counts]] = {
 }
 
 
+_NEEDED = ("num_layers", "hidden_size", "vocab_size", "num_attention_heads", "num_kv_heads", "head_dim",
+           "intermediate_size")
+
+
 def count(spec: ModelSpec) -> Counts:
-    """Exact count for the families llmctl knows; UnsupportedModelError for the rest."""
+    """Exact count for the families llmctl knows; UnsupportedModelError for the rest, and where a size is unknown."""
+    unknown = [name for name in _NEEDED if getattr(spec, name) is None]
+    if spec.max_position_embeddings is None and spec.family in ("opt", "bert", "xlm-roberta", "roberta", "bart", "mbart"):
+        unknown.append("max_position_embeddings")  # their learned position tables are counted
+    if unknown:
+        raise UnsupportedModelError(f"no parameter count from config: {', '.join(unknown)} unknown")
     special = _SPECIAL.get(spec.family)
     if special is not None:
         return special(spec)
