@@ -87,7 +87,7 @@ class ModelSpec:
     vocab_size: int | None
     max_position_embeddings: int | None
     attention: str | None  # "MHA" | "GQA" | "MQA" | "MLA" | "none" (attention-free); None when unknown
-    position_embedding: str  # "rope" | "learned" | "alibi" | "relative"
+    position_embedding: str  # "rope" | "learned" | "alibi" | "relative" | "none" (attention-free)
     rope_type: str | None
     rope_theta: float | None
     rope_scaling: dict | None
@@ -224,11 +224,15 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
     moe = _moe(cfg, read)
     intermediate = _intermediate(cfg, fam_text, hidden, read)
     position, rope_type, rope_theta, rope_scaling, partial = read_rope(cfg, fam_text, head_dim)
+    if attention == "none":  # no attention, so no positions to encode (Mamba's recurrence orders tokens)
+        position, rope_type, rope_theta, rope_scaling, partial = "none", None, None, None, 1.0
     sliding = cfg.get("sliding_window")
     if cfg.get("use_sliding_window") is False or not sliding:
         sliding = None
-    elif cfg.get("layer_types") and "full_attention" in cfg["layer_types"]:
-        notes.append(f"sliding window of {sliding} on some layers only (interleaved with full attention)")
+    else:
+        sliding = read.size("sliding_window")
+        if sliding and cfg.get("layer_types") and "full_attention" in cfg["layer_types"]:
+            notes.append(f"sliding window of {sliding} on some layers only (interleaved with full attention)")
 
     kind = ("encoder-decoder" if fam_text in ENCODER_DECODER_TYPES or config.get("is_encoder_decoder")
             else "encoder-only" if fam_text in ENCODER_TYPES else "decoder-only")
@@ -283,7 +287,7 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         partial_rotary_factor=partial,
-        sliding_window=SizeReader({"sliding_window": sliding}).size("sliding_window"),
+        sliding_window=sliding,
         norm=norm_of(cfg, fam_text),
         activation=_activation(cfg),
         tie_word_embeddings=bool(first(config, "tie_word_embeddings") if "tie_word_embeddings" in config

@@ -165,14 +165,37 @@ def test_distilbert_spells_its_sizes(tmp_path):
     assert report["kind"] == "encoder-only" and report["kv_cache_bytes_per_token"] == 0
 
 
+def _table(render, data) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    render(console, data)
+    return console.export_text()
+
+
 def test_unknown_sizes_render_as_unknown(tmp_path, model_writer, llama_config):
+    from llmctl.cli.check import _render as render_check
+    from llmctl.cli.inspect_arch import _render as render_inspect
+
     config = {k: v for k, v in llama_config.items() if k not in ("num_attention_heads", "num_key_value_heads")}
     folder = model_writer(tmp_path / "c", {**config, "architectures": ["CustomForCausalLM"], "model_type": "custom"})
-    _answers(folder)
-    for command in ("inspect-arch", "check"):
-        result = RUNNER.invoke(COMMAND, [command, str(folder)])
-        assert result.exit_code in (0, 1) and "internal error" not in result.stderr
-        assert "unknown" in result.stdout and "num_attention_heads" in result.stdout
+    check, report = _answers(folder)
+    assert report["unknown"] == ["num_attention_heads", "num_kv_heads", "head_dim"]
+    assert report["kv_cache_bytes_per_token"] is None and report["num_parameters"] is None
+    text = _table(render_inspect, report)
+    assert "unknown heads, unknown KV heads, head dim unknown" in text
+    assert "KV cache per token     unknown" in text
+    assert "num_attention_heads, num_kv_heads, head_dim" in text
+    assert "num_attention_heads, num_kv_heads, head_dim" in _table(render_check, check)
+
+
+def test_attention_free_renders_its_state(tmp_path):
+    from llmctl.cli.inspect_arch import _render as render_inspect
+
+    _, report = _answers(_write(tmp_path, "m", _config("mamba"), "MambaForCausalLM"))
+    assert report["position_embedding"] == "none" and report["rope_theta"] is None
+    text = _table(render_inspect, report)
+    assert "none (attention-free)" in text and "state per sequence     1.88 MiB" in text
 
 
 # --- every config class transformers ships ------------------------------------------------------------------
