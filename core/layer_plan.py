@@ -54,15 +54,31 @@ def _from_types(types: list, source: str, has_mamba: bool) -> LayerPlan | None:
     return LayerPlan(kv, state, source) if known else None  # a vision model's "basic"/"bottleneck" stages say nothing
 
 
+_PATTERN = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}  # NemotronH's hybrid_override_pattern
+
+
 def layer_types(cfg: dict) -> list | None:
-    """The per-layer type list a config carries, under any of the names families use."""
+    """The per-layer type list a config carries, under any of the names families use, or derives as its
+    transformers config class does from an older key (hub files often carry only that one)."""
     for key in ("layer_types", "layers_block_type", "block_types"):
         value = cfg.get(key)
         if isinstance(value, list) and value:
             return value
     pattern = cfg.get("hybrid_override_pattern")  # NemotronH before transformers 5: "M-M-M*-..."
     if isinstance(pattern, str) and pattern:
-        return list(pattern)
+        return [_PATTERN.get(char, char) for char in pattern]
+    kinds = cfg.get("attn_type_list")  # MiniMax-Text-01: 1 softmax attention, 0 lightning (linear) attention
+    if isinstance(kinds, list) and kinds:
+        return ["full_attention" if kind == 1 else "linear_attention" for kind in kinds]
+    layers = cfg.get("num_hidden_layers")
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers <= 0:
+        return None
+    indices = cfg.get("full_attn_idxs")  # LFM2: attention at these layers, short convolutions elsewhere
+    if isinstance(indices, list):
+        return ["full_attention" if i in indices else "conv" for i in range(layers)]
+    every = cfg.get("full_attention_interval") or cfg.get("layer_group_size")  # Qwen3-Next / Ling hybrid
+    if isinstance(every, int) and not isinstance(every, bool) and every > 0:
+        return ["full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(layers)]
     return None
 
 

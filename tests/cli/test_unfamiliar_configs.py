@@ -1,4 +1,4 @@
-"""check / inspect-arch answer on every valid config: unfamiliar keys leave sizes unknown (null), never an error.
+"""Metadata commands answer on every valid config: unfamiliar keys leave sizes unknown (null), never an error.
 
 Configs come from transformers' own config classes with their defaults (no torch needed), written as a
 checkpoint's config.json with the `architectures` a saved model would carry.
@@ -49,7 +49,8 @@ def _run(*args) -> tuple[int, dict | None, str]:
 
 
 def _answers(folder: Path) -> tuple[dict, dict]:
-    """check and inspect-arch --json on `folder`: both answer (check may say 'not supported', with reasons)."""
+    """check, inspect-arch and quantize-info --json on `folder` all answer (check may say 'not supported', with
+    reasons); returns check's and inspect-arch's JSON."""
     code, check, err = _run("check", folder, "--json")
     assert code in (0, 1) and "internal error" not in err and check is not None, (folder.name, code, err)
     assert check["supported"] is (code == 0)
@@ -61,6 +62,8 @@ def _answers(folder: Path) -> tuple[dict, dict]:
     if report["unknown"]:
         assert any("unknown" in note for note in report["notes"]), folder.name
     assert set(check["unknown"]) == set(report["unknown"])
+    code, quant, err = _run("quantize-info", folder, "--json")
+    assert code == 0 and quant is not None and quant["method"] is None, (folder.name, code, err)
     return check, report
 
 
@@ -153,6 +156,25 @@ def test_jamba_attention_every_period(tmp_path):
     _, report = _answers(_write(tmp_path, "j", config, "JambaForCausalLM"))
     assert report["layers"] == {"kv_cache_layers": 2, "state_layers": {"mamba": 6}}
     assert report["moe"]["num_moe_layers"] == 4  # expert_layer_period 2, offset 1
+
+
+@pytest.mark.parametrize("model_type, keys, kv_layers, state", [
+    # hub files that carry only the key transformers derives layer_types from
+    ("qwen3_next", {"full_attention_interval": 4}, 2, {"linear attention": 6}),
+    ("lfm2", {"full_attn_idxs": [2, 5]}, 2, {"convolution": 6}),
+    ("minimax", {"attn_type_list": [0, 0, 0, 1, 0, 0, 0, 1]}, 2, {"linear attention": 6}),
+    ("nemotron_h", {"hybrid_override_pattern": "M-M*-ME-M", "mamba_num_heads": 8}, 1, {"mamba": 4}),
+])
+def test_hybrid_layouts_from_hub_keys(tmp_path, model_writer, llama_config, model_type, keys, kv_layers, state):
+    config = {**llama_config, "architectures": ["HybridForCausalLM"], "model_type": model_type,
+              "num_hidden_layers": 8, **keys}
+    if "hybrid_override_pattern" in keys:
+        del config["num_hidden_layers"]  # NemotronH's count is its pattern's length
+    check, report = _answers(model_writer(tmp_path / model_type, config))
+    assert report["layers"] == {"kv_cache_layers": kv_layers, "state_layers": state}
+    per_layer = 2 * llama_config["num_key_value_heads"] * report["head_dim"] * 2  # bf16
+    assert report["kv_cache_bytes_per_token"] == kv_layers * per_layer
+    assert check["memory"] == {} or check["memory"]["kv_cache_bytes_per_token"] == kv_layers * per_layer
 
 
 def test_distilbert_spells_its_sizes(tmp_path):
