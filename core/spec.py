@@ -115,9 +115,10 @@ class ModelSpec:
     config: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        may_be_none = self.unknown + (_NO_ATTENTION_FIELDS if self.attention == "none" else ())
         for name in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size"):
             value = getattr(self, name)
-            if value is None and name in self.unknown + _NO_ATTENTION_FIELDS * (self.attention == "none"):
+            if value is None and name in may_be_none:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ModelReadError(f"config.json: {name} must be a positive integer, got {value!r}")
