@@ -225,9 +225,9 @@ def family_of(model_type: str, architecture: str) -> str:
 
 def merged_text_config(config: dict, family: str) -> dict:
     """The language model's config: text_config / llm_config for multimodal checkpoints, else the config itself."""
-    for key in ("text_config", "llm_config", "language_config"):
+    for key in ("text_config", "llm_config", "language_config", "decoder"):  # decoder: MusicGen, VisionEncoderDecoder
         sub = config.get(key)
-        if isinstance(sub, dict) and sub:
+        if isinstance(sub, dict) and sub and (key != "decoder" or "model_type" in sub):
             merged = dict(sub)
             for inherited in ("torch_dtype", "dtype", "quantization_config"):
                 if inherited not in merged and inherited in config:

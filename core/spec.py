@@ -193,7 +193,8 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
 
     read = SizeReader(cfg)
     hidden = read.size("hidden_size", "hidden_size", "n_embd", "d_model")
-    layers = read.size("num_layers", "num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers")
+    layers = read.size("num_layers", "num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers",
+                       "num_encoder_layers", "decoder_layers")  # the last two: ProphetNet, TrOCR's decoder
     if layers is None and "num_layers" not in read.varying and layer_types(cfg):
         layers = len(layer_types(cfg))  # NemotronH: the layer count is the length of its block pattern
     plan = layer_plan(cfg, text_type, layers)
@@ -203,7 +204,7 @@ def spec_from_config(config: dict, *, extra: dict | None = None) -> ModelSpec:
         attention = "none"
     else:
         heads = read.size("num_attention_heads", "num_attention_heads", "n_head", "n_heads", "num_heads",
-                          "encoder_attention_heads")
+                          "encoder_attention_heads", "num_encoder_attention_heads", "decoder_attention_heads")
         kv_heads = _kv_heads(cfg, fam_text, heads, read)
         if cfg.get("kv_lora_rank"):
             mla = MLASpec(

@@ -57,6 +57,12 @@ def _answers(folder: Path) -> tuple[dict, dict]:
     assert check["supported"] or check["reasons"], folder.name  # 'not supported' always says why
     code, report, err = _run("inspect-arch", folder, "--json")
     assert code == 0 and "internal error" not in err and report is not None, (folder.name, code, err)
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size",
+                "num_parameters", "kv_cache_bytes_per_token", "state_bytes_per_sequence"):
+        value = report[key]  # a number that makes sense, or null
+        assert value is None or (isinstance(value, int) and value >= 0), (folder.name, key, value)
+    if report["attention"] == "none":
+        assert report["kv_cache_bytes_per_token"] == 0 and report["num_attention_heads"] is None
     for name in report["unknown"]:  # what is unknown is null, and said
         assert name in STRUCTURAL and report[name] is None, (folder.name, name)
     if report["unknown"]:
