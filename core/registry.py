@@ -107,6 +107,7 @@ def _registry() -> dict[str, ArchInfo]:
         table[row.architecture] = row
     return table
 
+
 # Architectures run through the transformers backend, at the level its tests show (the same LEVELS);
 # tests/models/test_transformers_backend.py lists the strict ones in CONSISTENCY_ARCHITECTURES.
 TRANSFORMERS_VERIFIED: dict[str, str] = {"Starcoder2ForCausalLM": "strict", "MixtralForCausalLM": "strict"}
