@@ -30,7 +30,8 @@ class LayerPlan:
 
     def describe(self, num_layers: int) -> str:
         state = ", ".join(f"{n} {kind}" for kind, n in self.state_layers.items())
-        return f"{self.kv_layers} of {num_layers} layers keep a KV cache" + (f"; state layers: {state}" if state else "")
+        text = f"{self.kv_layers} of {num_layers} layers keep a KV cache"
+        return text + (f"; state layers: {state}" if state else "")
 
 
 def _from_types(types: list, source: str, has_mamba: bool) -> LayerPlan | None:

@@ -307,8 +307,9 @@ _NEEDED = ("num_layers", "hidden_size", "vocab_size", "num_attention_heads", "nu
 def count(spec: ModelSpec) -> Counts:
     """Exact count for the families llmctl knows; UnsupportedModelError for the rest, and where a size is unknown."""
     unknown = [name for name in _NEEDED if getattr(spec, name) is None]
-    if spec.max_position_embeddings is None and spec.family in ("opt", "bert", "xlm-roberta", "roberta", "bart", "mbart"):
-        unknown.append("max_position_embeddings")  # their learned position tables are counted
+    learned_positions = ("opt", "bert", "xlm-roberta", "roberta", "bart", "mbart")  # their tables are counted
+    if spec.max_position_embeddings is None and spec.family in learned_positions:
+        unknown.append("max_position_embeddings")
     if unknown:
         raise UnsupportedModelError(f"no parameter count from config: {', '.join(unknown)} unknown")
     special = _SPECIAL.get(spec.family)
