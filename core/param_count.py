@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -293,10 +294,29 @@ def _language_only(spec: ModelSpec) -> Counts:
                                              "projector are not counted")
 
 
+def _mamba(spec: ModelSpec) -> Counts:
+    """Mamba-1 (MambaForCausalLM, FalconMambaForCausalLM): per layer an RMSNorm and the mixer's in_proj,
+    depthwise conv1d, x_proj, dt_proj, A_log, D and out_proj; Falcon-Mamba's inner norms hold no weights."""
+    c, h = spec.text_config, spec.hidden_size
+    inner = int(c.get("intermediate_size") or int(c.get("expand", 2)) * h)
+    state, kernel = int(c.get("state_size", 16)), int(c.get("conv_kernel", 4))
+    rank = c.get("time_step_rank", "auto")
+    rank = math.ceil(h / 16) if rank == "auto" else int(rank)
+    bias = bool(c.get("use_bias", False))
+    mixer = (_linear(h, 2 * inner, bias) + inner * kernel + (inner if c.get("use_conv_bias", True) else 0)
+             + _linear(inner, rank + 2 * state) + _linear(rank, inner, True) + inner * state + inner
+             + _linear(inner, h, bias))
+    total = spec.vocab_size * h + spec.num_layers * (h + mixer) + h
+    if has_lm_head(spec) and not spec.tie_word_embeddings:
+        total += spec.vocab_size * h
+    return Counts(total, note=None if has_lm_head(spec) else "backbone only (no lm_head)")
+
+
 _SPECIAL: dict[str, Callable[[ModelSpec], Counts]] = {
     "opt": _opt, "bert": _bert, "xlm-roberta": _bert, "roberta": _bert, "bart": _bart, "mbart": _bart,
     "t5": _t5, "mt5": _t5, "umt5": _t5, "llava": _llava, "qwen2_vl": _qwen2_vl,
     "internvl": _language_only, "phi3_v": _language_only, "qwen2_5_vl": _language_only, "gemma3": _language_only,
+    "mamba": _mamba, "falcon_mamba": _mamba,
 }
 
 
@@ -306,7 +326,8 @@ _NEEDED = ("num_layers", "hidden_size", "vocab_size", "num_attention_heads", "nu
 
 def count(spec: ModelSpec) -> Counts:
     """Exact count for the families llmctl knows; UnsupportedModelError for the rest, and where a size is unknown."""
-    unknown = [name for name in _NEEDED if getattr(spec, name) is None]
+    needed = _NEEDED[:3] if spec.attention == "none" else _NEEDED  # attention-free: no heads to size
+    unknown = [name for name in needed if getattr(spec, name) is None]
     learned_positions = ("opt", "bert", "xlm-roberta", "roberta", "bart", "mbart")  # their tables are counted
     if spec.max_position_embeddings is None and spec.family in learned_positions:
         unknown.append("max_position_embeddings")
