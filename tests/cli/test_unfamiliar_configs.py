@@ -6,6 +6,7 @@ checkpoint's config.json with the `architectures` a saved model would carry.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -14,8 +15,11 @@ from pathlib import Path
 import pytest
 import typer
 from click.testing import CliRunner
+from rich.console import Console
 
 from llmctl.cli.app import app
+from llmctl.cli.check import _render as render_check
+from llmctl.cli.inspect_arch import _render as render_inspect
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.auto import modeling_auto  # noqa: E402
@@ -40,6 +44,12 @@ def _write(tmp_path: Path, name: str, config: dict, architecture: str | None) ->
         config = dict(config, architectures=[architecture])
     (folder / "config.json").write_text(json.dumps(config, default=str))  # inf -> "Infinity" as json.dump writes
     return folder
+
+
+def _table(render, data) -> str:
+    console = Console(record=True, width=160, file=io.StringIO())
+    render(console, data)
+    return console.export_text()
 
 
 def _run(*args) -> tuple[int, dict | None, str]:
@@ -68,6 +78,8 @@ def _answers(folder: Path) -> tuple[dict, dict]:
     if report["unknown"]:
         assert any("unknown" in note for note in report["notes"]), folder.name
     assert set(check["unknown"]) == set(report["unknown"])
+    if report["unknown"] or report["attention"] in (None, "none") or report["layers"] or report["moe"]:
+        _table(render_check, check), _table(render_inspect, report)  # the human tables render what is unusual
     code, quant, err = _run("quantize-info", folder, "--json")
     assert code == 0 and quant is not None and quant["method"] is None, (folder.name, code, err)
     return check, report
@@ -193,18 +205,7 @@ def test_distilbert_spells_its_sizes(tmp_path):
     assert report["kind"] == "encoder-only" and report["kv_cache_bytes_per_token"] == 0
 
 
-def _table(render, data) -> str:
-    from rich.console import Console
-
-    console = Console(record=True, width=160)
-    render(console, data)
-    return console.export_text()
-
-
 def test_unknown_sizes_render_as_unknown(tmp_path, model_writer, llama_config):
-    from llmctl.cli.check import _render as render_check
-    from llmctl.cli.inspect_arch import _render as render_inspect
-
     config = {k: v for k, v in llama_config.items() if k not in ("num_attention_heads", "num_key_value_heads")}
     folder = model_writer(tmp_path / "c", {**config, "architectures": ["CustomForCausalLM"], "model_type": "custom"})
     check, report = _answers(folder)
@@ -218,8 +219,6 @@ def test_unknown_sizes_render_as_unknown(tmp_path, model_writer, llama_config):
 
 
 def test_attention_free_renders_its_state(tmp_path):
-    from llmctl.cli.inspect_arch import _render as render_inspect
-
     _, report = _answers(_write(tmp_path, "m", _config("mamba"), "MambaForCausalLM"))
     assert report["position_embedding"] == "none" and report["rope_theta"] is None
     text = _table(render_inspect, report)
