@@ -50,7 +50,12 @@ def config_class_facts(model_type: str) -> ConfigClassFacts:
     for path in sorted((models / module).glob("configuration_*.py")):
         facts = _facts(path, class_name, depth=0)
         if facts is not None:
-            return ConfigClassFacts(class_name, *facts)
+            attribute_map, declared = facts
+            # A field declared under a common name is stored under the name attribute_map gives it (Kimi-Linear's
+            # num_experts_per_tok = 8 lands in num_experts_per_token), and config.json holds it there.
+            defaults = {attribute_map.get(key, key): value for key, value in declared.items()
+                        if key not in attribute_map or attribute_map[key] not in declared}
+            return ConfigClassFacts(class_name, attribute_map, defaults)
     return ConfigClassFacts(class_name)
 
 

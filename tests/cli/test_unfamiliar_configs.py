@@ -112,6 +112,8 @@ def test_varying_per_layer_size_is_unknown_and_said(tmp_path):
     ("ernie4_5_moe", "Ernie4_5_MoeForCausalLM", "moe_k", {"moe_k": 3, "moe_num_experts": 16}),
     ("hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", "moe_topk", {"moe_topk": 2, "num_experts": 8}),
     ("longcat_flash", "LongcatFlashForCausalLM", "moe_topk", {"moe_topk": 4, "n_routed_experts": 32}),
+    # declares num_experts_per_tok = 8 and num_local_experts = 256 but stores them as these two: the file wins
+    ("kimi_linear", "KimiLinearForCausalLM", "num_experts_per_token", {"num_experts_per_token": 2, "num_experts": 4}),
 ])
 def test_moe_top_k_under_family_names(tmp_path, model_type, architecture, top_k_key, overrides):
     config = _config(model_type, **overrides)

@@ -47,20 +47,22 @@ def test_dataclass_style_config_with_a_base_from_another_module(fake_transformer
         from ..toy_base.configuration_toy_base import ToyBaseConfig
 
         class ToyMoeTextConfig(ToyBaseConfig):
-            attribute_map = {"num_experts_per_tok": "top_k_experts", "num_hidden_layers": "n_layers"}
+            attribute_map = {"num_experts_per_tok": "top_k_experts", "num_hidden_layers": "n_layers",
+                             "num_local_experts": "n_experts"}
             n_layers: int = 6
             top_k_experts: int = 2
+            num_local_experts: int = 32  # declared under the common name, stored as n_experts
             rope_parameters: dict = field(default_factory=dict)
     ''')
     facts = config_class_facts("toy-moe_text")
     assert facts.class_name == "ToyMoeTextConfig"
     assert facts.attribute_map == {"hidden_size": "dim", "num_experts_per_tok": "top_k_experts",
-                                   "num_hidden_layers": "n_layers"}
-    assert facts.defaults == {"dim": 64, "n_layers": 6, "top_k_experts": 2}  # None and expressions are skipped
+                                   "num_hidden_layers": "n_layers", "num_local_experts": "n_experts"}
+    assert facts.defaults == {"dim": 64, "n_layers": 6, "top_k_experts": 2, "n_experts": 32}  # no None, no expressions
     spec = spec_from_config({"architectures": ["ToyMoeForCausalLM"], "model_type": "toy-moe_text",
-                             "num_attention_heads": 4, "vocab_size": 100, "num_experts": 8, "top_k_experts": 3})
+                             "num_attention_heads": 4, "vocab_size": 100, "n_experts": 8, "top_k_experts": 3})
     assert (spec.hidden_size, spec.num_layers, spec.head_dim) == (64, 6, 16)
-    assert (spec.moe.num_experts, spec.moe.experts_per_token) == (8, 3)
+    assert (spec.moe.num_experts, spec.moe.experts_per_token) == (8, 3)  # the file's values, not the defaults
 
 
 def test_init_style_config(fake_transformers):
