@@ -17,6 +17,9 @@ from llmctl.core.errors import UnsupportedModelError
 
 GENERATE = "generate"
 EMBED = "embed"
+CLASSIFY = "classify"  # cross-encoders and sequence classifiers (planned rows only so far)
+TASKS = (GENERATE, EMBED, CLASSIFY)
+KINDS = ("decoder-only", "moe", "hybrid", "attention-free", "multimodal", "encoder-only", "encoder-decoder")
 LEVELS = ("strict", "sensible", "runtime", "none")
 MODEL_IMPLS = ("auto", "native", "transformers")
 
@@ -42,6 +45,8 @@ class ArchInfo:
             raise ValueError(f"{self.architecture}: level must be one of {LEVELS}")
         if self.status == "planned" and self.level != "none":
             raise ValueError(f"{self.architecture}: a planned row cannot claim verification")
+        if not self.tasks or not set(self.tasks) <= set(TASKS) or self.kind not in KINDS:
+            raise ValueError(f"{self.architecture}: tasks must be among {TASKS} and kind one of {KINDS}")
 
 
 def _native(arch: str, family: str, module: str, level: str, tasks=(GENERATE,), **kw) -> ArchInfo:
@@ -52,18 +57,13 @@ def _planned(arch: str, family: str, tasks=(GENERATE,), **kw) -> ArchInfo:
     return ArchInfo(arch, family, tuple(tasks), **kw)
 
 
-_ROWS: tuple[ArchInfo, ...] = (
+# Native rows; the planned ones (every other architecture on the list) are in core/registry_planned.py.
+_NATIVE_ROWS: tuple[ArchInfo, ...] = (
     # Llama family (Llama, Llama 2, Llama 3/3.1/3.2, Yi, SmolLM2 all use LlamaForCausalLM)
     _native("LlamaForCausalLM", "llama", "llama", "strict"),
     _native("MistralForCausalLM", "llama", "llama", "strict"),
     _native("Qwen2ForCausalLM", "llama", "llama", "strict"),
     _native("Qwen3ForCausalLM", "llama", "llama", "strict"),
-    # Mixture of experts
-    _planned("MixtralForCausalLM", "mixtral", kind="moe"),
-    _planned("Qwen2MoeForCausalLM", "qwen2_moe", kind="moe"),
-    _planned("DeepseekForCausalLM", "deepseek", kind="moe", needs_remote_code=True),
-    _planned("DeepseekV2ForCausalLM", "deepseek_v2", kind="moe"),
-    _planned("DeepseekV3ForCausalLM", "deepseek_v3", kind="moe"),
     # Dense decoders
     _native("GemmaForCausalLM", "gemma", "gemma", "strict"),
     _native("Gemma2ForCausalLM", "gemma2", "gemma", "strict"),
@@ -78,28 +78,35 @@ _ROWS: tuple[ArchInfo, ...] = (
     _native("MptForCausalLM", "mpt", "mpt", "strict"),  # the spelling transformers writes when it saves
     _native("PhiForCausalLM", "phi", "phi", "strict"),
     _native("Phi3ForCausalLM", "phi3", "phi3", "strict"),
-    _planned("BaichuanForCausalLM", "baichuan", needs_remote_code=True),
-    _planned("InternLMForCausalLM", "internlm", needs_remote_code=True),
-    _planned("InternLM2ForCausalLM", "internlm2", needs_remote_code=True),
-    _planned("ChatGLMModel", "chatglm", needs_remote_code=True),
-    _planned("ChatGLMForConditionalGeneration", "chatglm", needs_remote_code=True),
     # Embedding models
     _native("BertModel", "bert", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
     _native("XLMRobertaModel", "xlm_roberta", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
     _native("MistralModel", "llama", "llama_embed", "strict", tasks=(EMBED,)),
     _native("LlamaModel", "llama", "llama_embed", "strict", tasks=(EMBED,)),
     _native("Qwen3Model", "llama", "llama_embed", "strict", tasks=(EMBED,)),
-    # Multimodal
-    _planned("LlavaForConditionalGeneration", "llava", kind="multimodal"),
-    _planned("Qwen2VLForConditionalGeneration", "qwen2_vl", kind="multimodal"),
-    _planned("InternVLChatModel", "internvl", kind="multimodal", needs_remote_code=True),
-    _planned("Phi3VForCausalLM", "phi3_v", kind="multimodal", needs_remote_code=True),
-    # Encoder-decoder
-    _planned("BartForConditionalGeneration", "bart", kind="encoder-decoder"),
-    _planned("T5ForConditionalGeneration", "t5", kind="encoder-decoder"),
 )
 
-REGISTRY: dict[str, ArchInfo] = {row.architecture: row for row in _ROWS}
+
+def _planned_rows() -> list[ArchInfo]:
+    from llmctl.core.registry_planned import PLANNED
+
+    rows = []
+    for line in PLANNED.strip().splitlines():
+        arch, family, tasks, kind, *flags = line.split()
+        rows.append(_planned(arch, family, tasks=tasks.split("+"), kind=kind, needs_remote_code="remote" in flags))
+    return rows
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, ArchInfo]:
+    """architecture -> row, native rows first; built on first use so importing the registry stays instant."""
+    table: dict[str, ArchInfo] = {}
+    for row in (*_NATIVE_ROWS, *_planned_rows()):
+        if row.architecture in table:
+            raise ValueError(f"{row.architecture} has two registry rows")
+        table[row.architecture] = row
+    return table
+
 
 # Architectures run through the transformers backend, at the level its tests show (the same LEVELS): strict
 # where tests/models/test_check_truth.py (tiny checkpoints of tests/models/backend_cases.py) or
@@ -117,20 +124,20 @@ TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
 
 
 def all_architectures() -> list[ArchInfo]:
-    return list(_ROWS)
+    return list(_registry().values())
 
 
 def lookup(architecture: str) -> ArchInfo | None:
-    return REGISTRY.get(architecture)
+    return _registry().get(architecture)
 
 
 def get_arch(architecture: str) -> ArchInfo:
     """The row for `architecture`, or an error naming what is supported and the nearest match."""
-    row = REGISTRY.get(architecture)
+    row = lookup(architecture)
     if row is not None:
         return row
-    native = sorted(r.architecture for r in _ROWS if r.status == "native")
-    near = difflib.get_close_matches(architecture, list(REGISTRY), n=1)
+    native = sorted(r.architecture for r in _NATIVE_ROWS)
+    near = difflib.get_close_matches(architecture, list(_registry()), n=1)
     hint = f"nearest known architecture: {near[0]}; " if near else ""
     raise UnsupportedModelError(
         f"architecture {architecture!r} is not in llmctl's registry",
@@ -139,7 +146,7 @@ def get_arch(architecture: str) -> ArchInfo:
 
 
 def nearest_native(architecture: str) -> str | None:
-    native = [r.architecture for r in _ROWS if r.status == "native"]
+    native = [r.architecture for r in _NATIVE_ROWS]
     near = difflib.get_close_matches(architecture, native, n=1, cutoff=0.5)
     return near[0] if near else None
 
@@ -246,7 +253,7 @@ def implementation_for(
         raise UnsupportedModelError(
             f"model_impl={model_impl!r} is not available", hint=f"use one of {', '.join(MODEL_IMPLS)}"
         )
-    row = REGISTRY.get(architecture)
+    row = lookup(architecture)
     if row is not None and task not in row.tasks:
         raise UnsupportedModelError(
             f"{architecture} supports task(s) {', '.join(row.tasks)}, not {task}",
