@@ -8,11 +8,11 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli.lines import read_input, split_lines
+from llmctl.cli.lines import LineSource, max_line_bytes, open_input, parse_all
 from llmctl.cli.options import (
     DeviceOpt,
     DtypeOpt,
@@ -22,10 +22,12 @@ from llmctl.cli.options import (
     source_value,
 )
 from llmctl.cli.output import warn
+from llmctl.cli.stream import Ready, in_order, open_output
 from llmctl.core.errors import EXIT_ERROR, LlmctlError, UsageError
 
 PROGRESS_MIN_LINES = 300  # a progress bar on stderr (when it is a TTY) above this many inputs
-CHUNK_BATCHES = 8  # batches handed to the engine per call: the progress bar moves once per call
+CHUNK_BATCHES = 8  # batches handed to the engine per call (the window of lines in flight)
+PREFETCH = 4096  # lines read before loading the model: bad lines in sight refuse npy/csv/tsv before any work
 E5_INSTRUCTION = "Instruct: {}\nQuery: "  # e5-mistral's query template
 
 
@@ -91,16 +93,13 @@ def embed(
     from llmctl.core.settings import load_settings
 
     _check_options(output_format, output, query, top_k, prompt_name, instruction)
-    lines = read_lines(file)
-    bad = [line for line in lines if line.error is not None]
-    if bad and query is None and output_format is not EmbedFormat.jsonl:
-        shown = ", ".join(str(line.index + 1) for line in bad[:10]) + (", ..." if len(bad) > 10 else "")
-        raise LlmctlError(
-            f"{len(bad)} input line(s) cannot be embedded (empty or not UTF-8): line {shown}",
-            hint="remove them first, or use --format jsonl, which writes an error record for each",
-        )
-    good = [line for line in lines if line.error is None]
-    if query is not None and not good:
+    inputs = line_source(file)
+    total = inputs.prefetch(PREFETCH)  # the number of lines when the input ends soon, else None
+    if total == 0:
+        raise UsageError("no input lines to embed")
+    if query is None and output_format is not EmbedFormat.jsonl:
+        _refuse_bad([line for line in inputs.ahead if line.error is not None])  # before loading, when in sight
+    if query is not None and total is not None and all(line.error is not None for line in inputs.ahead):
         raise UsageError("--query: the input has no non-empty lines to rank")
 
     settings = load_settings()
@@ -119,28 +118,86 @@ def embed(
         "dimensions": dimensions,
         "batch_size": batch_size,
     }
-    doc_prompt = None if query is not None else prompt
-    vectors, cut = embed_texts(llm, [line.text for line in good], prompt=doc_prompt, **options)
-    if cut.any():
-        limit = config.max_seq_length
-        warn(f"{int(cut.sum())} of {len(good)} line(s) were longer than the model's {limit}-token limit and were cut")
-
+    query_vec = None
     if query is not None:
-        query_vec, _ = embed_texts(llm, [query], prompt=prompt, **options)
-        undecodable = sum(line.text is None for line in bad)
-        if undecodable:  # blank lines are no loss (paragraph breaks); bytes that are not text are
-            warn(f"{undecodable} line(s) that are not UTF-8 were left out of the ranking")
-        _write_ranking(rank(query_vec[0], vectors, good, top_k), output)
-        return
-    if output_format is EmbedFormat.npy:
-        _write_npy(vectors, output)
+        query_vec = embed_texts(llm, [query], prompt=prompt, **options)[0][0]
+    rows = _embedded(llm, inputs, total, prompt=None if query is not None else prompt, **options)
+    tally = _Tally()
+    if query is not None:
+        _write_ranking(rank(query_vec, tally.count(rows), top_k), output)
+    elif output_format is EmbedFormat.npy:
+        _write_npy(tally.count(rows), output, dimensions or config.dimension)
     elif output_format is EmbedFormat.jsonl:
-        _write_jsonl(lines, vectors, cut, output, with_text)
+        _write_jsonl(tally.count(rows), output, with_text)
     else:
-        _write_delimited(good, vectors, output, with_text, "," if output_format is EmbedFormat.csv else "\t")
-    if bad and output_format is EmbedFormat.jsonl:
-        warn(f"{len(bad)} of {len(lines)} line(s) were not embedded (empty or not UTF-8); see their error records")
+        _write_delimited(tally.count(rows), output, with_text, "," if output_format is EmbedFormat.csv else "\t",
+                         dimensions or config.dimension)
+    if tally.cut:
+        limit = config.max_seq_length
+        warn(f"{tally.cut} of {tally.embedded} line(s) were longer than the model's {limit}-token limit and were cut")
+    if query is not None and tally.undecodable:  # blank lines are no loss (paragraph breaks); bytes that are not text are
+        warn(f"{tally.undecodable} line(s) that are not UTF-8 were left out of the ranking")
+    if inputs.stopped:
+        raise LlmctlError(inputs.stopped)
+    if tally.bad and output_format is EmbedFormat.jsonl and query is None:
+        warn(f"{tally.bad} of {tally.lines} line(s) were not embedded (empty or not UTF-8); see their error records")
         raise typer.Exit(EXIT_ERROR)
+
+
+def _embedded(llm, inputs, total: int | None, *, prompt: str | None, batch_size: int, **options: Any):
+    """(Line, (vector, truncated) or None for a bad line) in input order, each as soon as its batch is done.
+
+    A window of a few batches is read (what has arrived of it), embedded in one call (the engine sorts it by
+    length and packs it), and written before more input is read: memory stays bounded on endless input."""
+    import numpy as np
+
+    texts: dict[int, str] = {}
+
+    def submit(line: Line):
+        if line.error is not None:
+            return Ready(None)
+        texts[line.index] = line.text
+        return line.index
+
+    def collect(keys) -> dict:
+        keys = list(keys)
+        outs = llm.embed([texts.pop(k) for k in keys], prompt=prompt, batch_size=batch_size, **options)
+        return {k: (np.asarray(out.outputs.embedding, dtype=np.float32), bool(getattr(out, "truncated", False)))
+                for k, out in zip(keys, outs)}
+
+    with _Progress(total) as advance:
+        for line, result in in_order(inputs, submit, collect, batch_size * CHUNK_BATCHES):
+            yield line, result
+            advance(1)
+
+
+class _Tally:
+    """Counts what went through: lines, bad ones (and which were not UTF-8), embedded ones, cut ones."""
+
+    def __init__(self):
+        self.lines = self.bad = self.undecodable = self.embedded = self.cut = 0
+
+    def count(self, rows):
+        for line, result in rows:
+            self.lines += 1
+            if result is None:
+                self.bad += 1
+                self.undecodable += line.text is None
+            else:
+                self.embedded += 1
+                self.cut += result[1]
+            yield line, result
+
+
+def _refuse_bad(bad: list[Line]) -> None:
+    """The matrix formats (npy, csv, tsv) have no row for a line that cannot be embedded: stop, naming it."""
+    if not bad:
+        return
+    shown = ", ".join(str(line.index + 1) for line in bad[:10]) + (", ..." if len(bad) > 10 else "")
+    raise LlmctlError(
+        f"{len(bad)} input line(s) cannot be embedded (empty, not UTF-8 or too long): line {shown}",
+        hint="remove them first, or use --format jsonl, which writes an error record for each",
+    )
 
 
 def _check_options(fmt: EmbedFormat, output: Path | None, query: str | None, top_k: int | None,
@@ -158,20 +215,23 @@ def _check_options(fmt: EmbedFormat, output: Path | None, query: str | None, top
         raise UsageError("--query: the query text is empty")
 
 
-def read_lines(file: Path | None) -> list[Line]:
-    """Every input line becomes one Line (in order), so N lines give N rows whatever they hold."""
-    return parse_lines(read_input(file, nothing_given="no input: give a FILE, or pipe texts on stdin (one per line)"))
+def line_source(file: Path | None) -> LineSource[Line]:
+    """The input lines as Lines, read as they come: N lines give N rows whatever they hold."""
+    stream = open_input(file, nothing_given="no input: give a FILE, or pipe texts on stdin (one per line)")
+    return LineSource(stream, _line, max_line_bytes())
 
 
 def parse_lines(raw: bytes) -> list[Line]:
-    lines = []
-    for i, (text, error) in enumerate(split_lines(raw)):
-        if text is not None and not text.strip():
-            error = f"line {i + 1} is empty"
-        lines.append(Line(i, text=text, error=error))
+    lines = parse_all(raw, _line)
     if not lines:
         raise UsageError("no input lines to embed")
     return lines
+
+
+def _line(i: int, text: str | None, error: str | None) -> Line:
+    if text is not None and not text.strip():
+        error = f"line {i + 1} is empty"
+    return Line(i, text=text, error=error)
 
 
 def _load_embedder(name: str, settings, **kw: Any):
@@ -221,14 +281,14 @@ def embed_texts(llm, texts: list[str], *, prompt: str | None, batch_size: int, *
 
 
 class _Progress:
-    """A rich progress bar on stderr for big inputs on a terminal; otherwise nothing."""
+    """A rich progress bar on stderr (when it is a terminal) for big or open-ended inputs; otherwise nothing."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int | None):
         self.total = total
         self.bar = None
 
     def __enter__(self):
-        if self.total <= PROGRESS_MIN_LINES or not sys.stderr.isatty():
+        if (self.total is not None and self.total <= PROGRESS_MIN_LINES) or not sys.stderr.isatty():
             return lambda n: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -245,42 +305,33 @@ class _Progress:
             self.bar.stop()
 
 
-def rank(query_vec, vectors, lines: list[Line], top_k: int | None) -> list[dict[str, Any]]:
-    """Records {index, score, text}, best cosine similarity first (ties keep input order)."""
+def rank(query_vec, rows, top_k: int | None) -> list[dict[str, Any]]:
+    """Records {index, score, text} of the embedded rows, best cosine similarity first (ties keep input order).
+
+    With top_k only the k best are held while the input streams by."""
+    import heapq
+
     import numpy as np
 
-    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query_vec)  # (n,)
-    scores = (vectors @ query_vec) / np.maximum(norms, 1e-12)  # (n,)
-    order = np.argsort(-scores, kind="stable")[:top_k]
-    return [{"index": lines[i].index, "score": round(float(scores[i]), 6), "text": lines[i].text} for i in order]
+    query_norm = np.linalg.norm(query_vec)
+    best: list[tuple[float, int, str]] = []  # (score, -index, text): a min-heap of the k best with top_k
+    for line, result in rows:
+        if result is None:
+            continue
+        vec = result[0]
+        score = float(vec @ query_vec) / max(float(np.linalg.norm(vec) * query_norm), 1e-12)
+        entry = (round(score, 6), -line.index, line.text)
+        if top_k is None:
+            best.append(entry)
+        elif len(best) < top_k:
+            heapq.heappush(best, entry)
+        else:
+            heapq.heappushpop(best, entry)
+    ordered = sorted(best, reverse=True)
+    return [{"index": -neg, "score": score, "text": text} for score, neg, text in ordered]
 
 
 # -- writers --------------------------------------------------------------------------------------------
-
-
-class _Sink:
-    """stdout, or a file opened for writing (text or binary) and closed on exit."""
-
-    def __init__(self, output: Path | None, binary: bool = False):
-        self.output = output if output is not None and str(output) != "-" else None
-        self.binary = binary
-        self.handle: IO[Any] | None = None
-
-    def __enter__(self) -> IO[Any]:
-        if self.output is None:
-            return sys.stdout.buffer if self.binary else sys.stdout
-        try:
-            mode = "wb" if self.binary else "w"
-            self.handle = open(self.output, mode, **({} if self.binary else {"encoding": "utf-8", "newline": ""}))
-        except OSError as err:
-            raise UsageError(f"cannot write {self.output}: {err.strerror or err}") from None
-        return self.handle
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            self.handle.close()
-        else:
-            sys.stdout.flush()
 
 
 def _floats(row) -> list[str]:
@@ -288,44 +339,67 @@ def _floats(row) -> list[str]:
     return [str(x) for x in row]
 
 
-def _write_jsonl(lines: list[Line], vectors, cut, output: Path | None, with_text: bool) -> None:
-    rows = iter(zip(vectors, cut))
-    with _Sink(output) as out:
-        for line in lines:
-            if line.error is not None:
-                out.write(json.dumps({"index": line.index, "error": line.error}) + "\n")
+def _write_jsonl(rows, output: Path | None, with_text: bool) -> None:
+    with open_output(output) as out:
+        for line, result in rows:
+            if result is None:
+                out.record(json.dumps({"index": line.index, "error": line.error}) + "\n")
                 continue
-            row, was_cut = next(rows)
+            row, was_cut = result
             head: dict[str, Any] = {"index": line.index}
             if with_text:
                 head["text"] = line.text
             if was_cut:
                 head["truncated"] = True
             head_json = json.dumps(head, ensure_ascii=False)[:-1]  # the object, still open for the vector
-            out.write(f'{head_json}, "embedding": [{", ".join(_floats(row))}]}}\n')
+            out.record(f'{head_json}, "embedding": [{", ".join(_floats(row))}]}}\n')
 
 
-def _write_npy(vectors, output: Path) -> None:
+def _write_npy(rows, output: Path, dims: int) -> None:
+    """A float32 (n, dims) .npy written row by row: its header, sized for any n, is rewritten with n at the end."""
+    with open_output(output, binary=True) as out:
+        if not out.handle.seekable():
+            raise UsageError(f"--format npy writes a file it can go back in: {output} is not one")
+        out.write(_npy_header(0, dims))
+        n = 0
+        for line, result in rows:
+            if result is None:
+                _refuse_bad([line])
+            out.write(_f32(result[0]).tobytes())
+            n += 1
+        out.handle.seek(0)
+        out.write(_npy_header(n, dims))
+
+
+def _f32(row):
     import numpy as np
 
-    with _Sink(output, binary=True) as out:
-        np.save(out, np.ascontiguousarray(vectors, dtype=np.float32))  # a handle: np.save adds no ".npy"
+    return np.ascontiguousarray(row, dtype="<f4")
 
 
-def _write_delimited(lines: list[Line], vectors, output: Path | None, with_text: bool, delimiter: str) -> None:
-    with _Sink(output) as out:
+def _npy_header(rows: int, dims: int) -> bytes:
+    """An .npy version 1.0 header for a C-order little-endian float32 (rows, dims) matrix, always 128 bytes."""
+    meta = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dims)
+    return b"\x93NUMPY\x01\x00" + (118).to_bytes(2, "little") + meta.ljust(117).encode("latin1") + b"\n"
+
+
+def _write_delimited(rows, output: Path | None, with_text: bool, delimiter: str, dims: int) -> None:
+    with open_output(output) as out:
         writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
-        dims = vectors.shape[1] if vectors.ndim == 2 else 0
         writer.writerow(["index", *(["text"] if with_text else []), *(f"e{d}" for d in range(dims))])
-        for line, row in zip(lines, vectors):
-            writer.writerow([line.index, *([line.text] if with_text else []), *_floats(row)])
+        out.flush()
+        for line, result in rows:
+            if result is None:
+                _refuse_bad([line])
+            writer.writerow([line.index, *([line.text] if with_text else []), *_floats(result[0])])
+            out.flush()
 
 
 def _write_ranking(records: list[dict[str, Any]], output: Path | None) -> None:
     if output is not None or not sys.stdout.isatty():
-        with _Sink(output) as out:
+        with open_output(output) as out:
             for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.record(json.dumps(record, ensure_ascii=False) + "\n")
         return
     from rich.table import Table
 
