@@ -140,7 +140,7 @@ def embed(
     if inputs.stopped:
         raise LlmctlError(inputs.stopped)
     if tally.bad and output_format is EmbedFormat.jsonl and query is None:
-        warn(f"{tally.bad} of {tally.lines} line(s) were not embedded (empty or not UTF-8); see their error records")
+        warn(f"{tally.bad} of {tally.lines} line(s) were not embedded (empty, not UTF-8 or too long); see their error records")
         raise typer.Exit(EXIT_ERROR)
 
 

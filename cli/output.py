@@ -44,14 +44,14 @@ class Output:
 
     def emit(self, data: dict[str, Any], render: Callable[[Any, dict[str, Any]], None]) -> None:
         if self.json_mode:
-            sys.stdout.write(json.dumps(data, ensure_ascii=False, default=_json_default) + "\n")
-            sys.stdout.flush()
+            self.jsonl(data)
         else:
             render(stdout_console(), data)
 
     def jsonl(self, record: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-        sys.stdout.flush()
+        from llmctl.cli.stream import stdout_writer
+
+        stdout_writer().record(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
