@@ -58,7 +58,7 @@ def embed(
     file: Annotated[Optional[Path], typer.Argument(help="Input file, one text per line ('-' or nothing: stdin).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Embedding model (default: the configured default embed model).", show_default=False)] = None,
     output_format: Annotated[EmbedFormat, typer.Option("--format", help="Output format.")] = EmbedFormat.jsonl,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout (needed for npy).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout (needed for npy); replaced atomically when the run completes.")] = None,
     with_text: Annotated[bool, typer.Option("--with-text", help="Add each input text to its record.")] = False,
     pooling: Annotated[Optional[Pooling], typer.Option("--pooling", help="Override the checkpoint's pooling.")] = None,
     normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="Override L2 normalisation.")] = None,
@@ -76,14 +76,18 @@ def embed(
 ) -> None:
     """Turn text into vectors: one input per line in, one vector per line out, in input order.
 
-    Input is FILE, or stdin with '-' or no FILE. JSONL (the default) writes {"index", "embedding"}
-    per line (--with-text adds "text"; a cut input adds "truncated": true); csv/tsv write a header
-    (index[, text], e0, e1, ...) then one row per line; npy writes a float32 matrix to -o FILE.
+    Input is FILE, or stdin with '-' or no FILE, read as it comes: each record is written (and flushed) as
+    soon as its batch is done, so pipelines flow and Ctrl-C keeps what finished. JSONL (the default) writes
+    {"index", "embedding"} per line (--with-text adds "text"; a cut input adds "truncated": true); csv/tsv
+    write a header (index[, text], e0, e1, ...) then one row per line; npy writes a float32 matrix to -o FILE.
+    -o FILE is written to a temporary file beside it and renamed over it at the end: a failed or interrupted
+    run leaves the old file as it was.
 
-    Empty (or blank) lines and lines that are not UTF-8 never shift rows: in JSONL they get a record
-    {"index", "error"} and the command exits 1 after writing everything; npy/csv/tsv refuse such input
-    up front (exit 1, the line numbers named, nothing written). With --query they are left out of the
-    ranking (a warning counts the undecodable ones).
+    Empty (or blank) lines, lines that are not UTF-8 and lines over 16 MiB never shift rows: in JSONL they
+    get a record {"index", "error"} and the command exits 1 after writing everything; npy/csv/tsv have no
+    row for them and stop at the first one (exit 1, the line named; refused before any work when it is in
+    the first 4,096 lines; -o FILE is then left untouched). With --query they are left out of the ranking
+    (a warning counts the undecodable ones).
 
     --prompt-name NAME prefixes every text with the checkpoint's prompt NAME; --instruction TEXT with
     e5-mistral's "Instruct: TEXT\\nQuery: ". With --query these prefixes go on the query only (documents
