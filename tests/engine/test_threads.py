@@ -55,16 +55,17 @@ def test_many_threads_mixed_calls_each_get_their_own(llm, prompts):
     """Different prompts, lengths and call kinds (generate, chat, stream) in 6 threads over 4 seats."""
     lengths = [3, 9, 5, 7, 4, 8]
     work_prompts = [prompts[i % len(prompts)] for i in range(6)]
-    ref = [llm.generate(p, SamplingParams(max_tokens=n, **GREEDY))[0].outputs[0].token_ids
-           for p, n in zip(work_prompts, lengths)]
 
     def work(i: int):
         params = SamplingParams(max_tokens=lengths[i], **GREEDY)
         if i % 3 == 2:
             return list(llm.stream(work_prompts[i], params))[-1].outputs[0].token_ids
+        if i % 3 == 1:
+            return llm.chat([{"role": "user", "content": work_prompts[i]}], params)[0].outputs[0].token_ids
         return llm.generate([work_prompts[i]] * 2, params)[1].outputs[0].token_ids
 
-    assert _in_threads(6, work) == ref
+    expected = [work(i) for i in range(6)]  # one thread, one call at a time
+    assert _in_threads(6, work) == expected
     assert not llm.llm_engine.has_unfinished_requests()
     assert llm.llm_engine.block_manager.num_free_blocks == llm.llm_engine.block_manager.num_blocks
 
