@@ -19,7 +19,7 @@ T = TypeVar("T")
 # (`-f /dev/zero`) must not be read into memory. LLMCTL_MAX_LINE_BYTES lowers it (tests use a small one).
 MAX_LINE_BYTES = 16 << 20
 ENDLESS_FACTOR = 64  # past this many times the limit without a newline, a line is endless: reading stops
-READ_SIZE = 1 << 20
+READ_SIZE = 1 << 16
 
 
 def max_line_bytes() -> int:
@@ -95,46 +95,52 @@ class LineSource(Generic[T]):
         self._fd = _fileno(stream)
         self._buf = bytearray()
         self._skipped: int | None = None  # bytes of an over-long line skipped so far, while skipping it
-        self._items: deque[T] = deque()
+        self._lines: deque[tuple[int, bytes | None, str | None]] = deque()  # read, not parsed: bytes are compact
         self._next = 0
         self._eof = False
         self.stopped: str | None = None
 
     @property
     def exhausted(self) -> bool:
-        return self._eof and not self._items
+        return self._eof and not self._lines
 
     @property
     def ahead(self) -> list[T]:
         """The items read ahead (by prefetch) and not taken yet."""
-        return list(self._items)
+        return [self._item(line) for line in self._lines]
 
     def take(self, n: int, wait: bool = True) -> list[T]:
         self._fill(n, wait)
-        return [self._items.popleft() for _ in range(min(n, len(self._items)))]
+        return [self._item(self._lines.popleft()) for _ in range(min(n, len(self._lines)))]
 
     def prefetch(self, n: int) -> int | None:
         """Read ahead up to n items, waiting only for the first; how many items the input holds when it ended
         within them (0: an empty input), else None."""
         self._fill(n, wait=True)
-        return len(self._items) if self._eof else None
+        return len(self._lines) if self._eof else None
+
+    def _item(self, line: tuple[int, bytes | None, str | None]) -> T:
+        index, raw, error = line
+        text, error = (None, error) if raw is None else decode_line(index, raw)
+        return self._parse(index, text, error)
 
     def _fill(self, n: int, wait: bool) -> None:
-        while len(self._items) < n and not self._eof:
-            if (self._items or not wait) and not self._ready():
+        while len(self._lines) < n and not self._eof:
+            if not self._ready(block=wait and not self._lines):
                 break
             self._feed(self._stream.read(READ_SIZE))
 
-    def _ready(self) -> bool:
+    def _ready(self, block: bool) -> bool:
+        """Whether a read returns at once; block: wait until it does."""
         if self._fd is None:
             return True  # an in-memory stream: reading never blocks
         try:
-            return bool(select.select([self._fd], [], [], 0)[0])
+            return bool(select.select([self._fd], [], [], None if block else 0)[0])
         except (OSError, ValueError):
             return True
 
-    def _emit(self, text: str | None, error: str | None) -> None:
-        self._items.append(self._parse(self._next, text, error))
+    def _emit(self, raw: bytes | None, error: str | None = None) -> None:
+        self._lines.append((self._next, raw, error))
         self._next += 1
 
     def _too_long(self) -> None:
@@ -148,7 +154,7 @@ class LineSource(Generic[T]):
         if not data:
             self._eof = True
             if self._buf:  # a last line without its newline
-                self._emit(*decode_line(self._next, bytes(self._buf)))
+                self._emit(bytes(self._buf))
                 self._buf.clear()
             return
         start = 0
@@ -171,7 +177,7 @@ class LineSource(Generic[T]):
                     if end >= 0:
                         self._skipped = None
                 elif end >= 0:
-                    self._emit(*decode_line(self._next, bytes(self._buf)))
+                    self._emit(bytes(self._buf))
                     self._buf.clear()
             if end < 0:
                 return
