@@ -69,7 +69,9 @@ def in_order(
             finished = collect(running)
             running.difference_update(finished)
             done.update(finished)
-    except BaseException:  # the consumer stopped (closed pipe, Ctrl-C) or a step failed
+    except KeyboardInterrupt:
+        raise  # the command ends here: nothing is gained by tidying the engine first
+    except BaseException:  # the consumer stopped (closed pipe, an early break) or a step failed
         if running and abandon is not None:
             try:
                 abandon(list(running))

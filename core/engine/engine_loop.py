@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 from llmctl.core.engine.engine import LLMEngine
 from llmctl.core.engine.outputs import RequestOutput
@@ -33,7 +34,9 @@ class EngineLoop:
 
     # -- exclusive use of the engine for adds and aborts ----------------------------------------------
 
-    def _enter(self) -> None:
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The engine to this thread alone, ahead of the next step."""
         with self._cond:
             self._queued += 1
             try:
@@ -42,16 +45,16 @@ class EngineLoop:
             finally:
                 self._queued -= 1
             self._busy = True
-
-    def _leave(self) -> None:
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
     def add(self, prompt: dict, params, *, watch: bool = False) -> str:
         """Queue one request ({"prompt"} and/or {"prompt_token_ids"}); its id. watch: every output is kept."""
-        self._enter()
-        try:
+        with self._turn():
             engine = self.engine
             request_id = engine.next_request_id()
             engine.add_request(request_id, params, prompt=prompt.get("prompt"),
@@ -61,19 +64,14 @@ class EngineLoop:
                 if watch:
                     self._watched.add(request_id)
             return request_id
-        finally:
-            self._leave()
 
     def abort(self, request_ids: Collection[str]) -> None:
         """Drop these requests, running or finished and not collected; unknown ids are ignored."""
-        self._enter()
-        try:
+        with self._turn():
             for request_id in request_ids:
                 self.engine.abort_request(request_id)
                 with self._cond:
                     self._forget(request_id)
-        finally:
-            self._leave()
 
     def _forget(self, request_id: str) -> None:
         self._owned.discard(request_id)
@@ -88,30 +86,32 @@ class EngineLoop:
         watched one still running. Steps the engine (or waits for the thread stepping it) until there is at
         least one; with one_step, returns after one step even with none (for callers that also read input)."""
         while True:
-            with self._cond:
-                while True:
-                    outs = self._collect(request_ids)
-                    if outs:
-                        return outs
-                    if not self._busy and not self._queued:
-                        break
-                    stepped = self._busy
-                    self._cond.wait()
-                    if one_step and stepped:
-                        return self._collect(request_ids)
-                if not self.engine.has_unfinished_requests():
-                    raise UsageError(f"request(s) {', '.join(sorted(request_ids))} are not running")
-                self._busy = True
-                finished_only = not self._watched
+            stepping = False
             outs = None
             try:
+                with self._cond:
+                    while True:
+                        collected = self._collect(request_ids)
+                        if collected:
+                            return collected
+                        if not self._busy and not self._queued:
+                            break
+                        stepped = self._busy
+                        self._cond.wait()
+                        if one_step and stepped:
+                            return self._collect(request_ids)
+                    if not self.engine.has_unfinished_requests():
+                        raise UsageError(f"request(s) {', '.join(sorted(request_ids))} are not running")
+                    finished_only = not self._watched
+                    self._busy = stepping = True  # no call in between: Ctrl-C cannot leave the engine marked busy
                 outs = self.engine.step(finished_only=finished_only)
             finally:
-                with self._cond:
-                    self._busy = False
-                    for out in outs or ():
-                        self._file(out)
-                    self._cond.notify_all()
+                if stepping:
+                    with self._cond:
+                        self._busy = False
+                        for out in outs or ():
+                            self._file(out)
+                        self._cond.notify_all()
             if one_step:
                 with self._cond:
                     return self._collect(request_ids)

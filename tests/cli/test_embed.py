@@ -225,7 +225,7 @@ def test_query_ranks_equal_line_first(run_cli, fake):
 
 
 def test_query_table_on_a_terminal(monkeypatch):
-    from llmctl.cli import embed as embed_cmd
+    from llmctl.cli import embed_output
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -235,7 +235,7 @@ def test_query_table_on_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stdout", stdout)
     monkeypatch.setenv("COLUMNS", "60")
     records = [{"index": 4, "score": 0.91234, "text": "best line " * 20}, {"index": 0, "score": 0.5, "text": "other"}]
-    embed_cmd._write_ranking(records, None)
+    embed_output.write_ranking(records, None)
     shown = stdout.getvalue().splitlines()
     assert "rank" in shown[0] and "score" in shown[0] and "text" in shown[0]
     assert "0.9123" in shown[1] and " 5 " in shown[1] and "best line" in shown[1]
