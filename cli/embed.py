@@ -128,7 +128,10 @@ def embed(
     rows = tally.count(_embedded(llm, inputs, total, prompt=None if query is not None else prompt, **options))
     dims = dimensions or config.dimension
     if query is not None:
-        write_ranking(rank(query_vec, rows, top_k), output)
+        ranking = rank(query_vec, rows, top_k)
+        if not tally.embedded:
+            raise UsageError("--query: the input has no non-empty lines to rank")
+        write_ranking(ranking, output)
     elif output_format is EmbedFormat.npy:
         write_npy(rows, output, dims)
     elif output_format is EmbedFormat.jsonl:

@@ -462,3 +462,10 @@ def test_query_top_k_streams(run_cli, fake, monkeypatch):
                      input="\n".join(lines) + "\n")
     records = _records(result.stdout)
     assert result.exit_code == 0 and len(records) == 2 and records[0]["index"] == 150
+
+
+def test_query_over_only_bad_lines_found_mid_stream(run_cli, fake, monkeypatch):
+    monkeypatch.setattr("llmctl.cli.embed.PREFETCH", 1)
+    monkeypatch.setattr("llmctl.cli.lines.READ_SIZE", 4)
+    result = run_cli("embed", "--query", "x", input="\n" * 50)
+    assert result.exit_code == 2 and "no non-empty lines" in result.stderr and fake.loads
