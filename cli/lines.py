@@ -128,7 +128,11 @@ class LineSource(Generic[T]):
         while len(self._lines) < n and not self._eof:
             if not self._ready(block=wait and not self._lines):
                 break
-            self._feed(self._stream.read(READ_SIZE))
+            try:
+                data = self._stream.read(READ_SIZE)
+            except OSError as err:
+                raise UsageError(f"cannot read the input: {err.strerror or err}") from None
+            self._feed(data)
 
     def _ready(self, block: bool) -> bool:
         """Whether a read returns at once; block: wait until it does."""

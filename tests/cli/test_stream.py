@@ -329,3 +329,19 @@ def test_take_without_wait_returns_only_what_has_arrived():
     finally:
         if write_fd is not None:
             os.close(write_fd)
+
+
+def test_a_failing_read_is_a_clear_error():
+    import errno
+
+    from llmctl.core.errors import UsageError
+
+    class Broken(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def read(self, size=-1):
+            raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(UsageError, match="cannot read the input: Input/output error"):
+        LineSource(Broken(), lambda i, text, err: text, 1 << 10).take(1)
