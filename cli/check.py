@@ -53,7 +53,8 @@ def check(
         param_count=parameter_count(spec, src),
         kv_bytes_per_token=kv_cache_bytes_per_token(spec),
     )
-    data = {"model": src.display, **result.to_dict()}
+    # what the config did not give in a form llmctl reads: those sizes, and what depends on them, are null
+    data = {"model": src.display, **result.to_dict(), "unknown": list(spec.unknown)}
     Output(json_output).emit(data, _render)
     if not result.supported:
         raise typer.Exit(EXIT_ERROR)
@@ -81,7 +82,12 @@ def _render(console, data) -> None:
         table.add_row("weights", _gib(mem["weight_bytes"]) + f" ({mem['weight_dtype']})")
         table.add_row("KV cache", f"{_gib(mem['kv_cache_bytes'])} at {mem['max_model_len']} tokens")
         if "fits" in mem:
-            table.add_row("fits", f"{'yes' if mem['fits'] else 'no'} in {_gib(mem['gpu_memory_bytes'])}")
+            fits = "unknown" if mem["fits"] is None else "yes" if mem["fits"] else "no"
+            table.add_row("fits", f"{fits} in {_gib(mem['gpu_memory_bytes'])}")
+    else:
+        table.add_row("memory", "unknown (no parameter count from this config)")
+    if data.get("unknown"):
+        table.add_row("unknown", ", ".join(data["unknown"]))
     console.print(table)
     if data.get("note"):
         console.print(f"  [cyan]•[/] {data['note']}")
@@ -89,5 +95,5 @@ def _render(console, data) -> None:
         console.print(f"  [yellow]•[/] {reason}")
 
 
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB"
+def _gib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 1024**3:.2f} GiB"

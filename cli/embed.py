@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli.lines import check_option_text, read_input, split_lines
+from llmctl.cli.embed_output import rank, refuse_bad, write_delimited, write_jsonl, write_npy, write_ranking
+from llmctl.cli.lines import LineSource, check_option_text, max_line_bytes, open_input, parse_all
 from llmctl.cli.options import (
     DeviceOpt,
     DtypeOpt,
@@ -22,10 +21,12 @@ from llmctl.cli.options import (
     source_value,
 )
 from llmctl.cli.output import warn
+from llmctl.cli.stream import Ready, in_order
 from llmctl.core.errors import EXIT_ERROR, LlmctlError, UsageError
 
 PROGRESS_MIN_LINES = 300  # a progress bar on stderr (when it is a TTY) above this many inputs
-CHUNK_BATCHES = 8  # batches handed to the engine per call: the progress bar moves once per call
+CHUNK_BATCHES = 8  # batches handed to the engine per call (the window of lines in flight)
+PREFETCH = 4096  # lines read before loading the model: bad lines in sight refuse npy/csv/tsv before any work
 E5_INSTRUCTION = "Instruct: {}\nQuery: "  # e5-mistral's query template
 
 
@@ -56,7 +57,7 @@ def embed(
     file: Annotated[Optional[Path], typer.Argument(help="Input file, one text per line ('-' or nothing: stdin).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Embedding model (default: the configured default embed model).", show_default=False)] = None,
     output_format: Annotated[EmbedFormat, typer.Option("--format", help="Output format.")] = EmbedFormat.jsonl,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout (needed for npy).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout (needed for npy); replaced atomically when the run completes.")] = None,
     with_text: Annotated[bool, typer.Option("--with-text", help="Add each input text to its record.")] = False,
     pooling: Annotated[Optional[Pooling], typer.Option("--pooling", help="Override the checkpoint's pooling.")] = None,
     normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="Override L2 normalisation.")] = None,
@@ -74,14 +75,18 @@ def embed(
 ) -> None:
     """Turn text into vectors: one input per line in, one vector per line out, in input order.
 
-    Input is FILE, or stdin with '-' or no FILE. JSONL (the default) writes {"index", "embedding"}
-    per line (--with-text adds "text"; a cut input adds "truncated": true); csv/tsv write a header
-    (index[, text], e0, e1, ...) then one row per line; npy writes a float32 matrix to -o FILE.
+    Input is FILE, or stdin with '-' or no FILE, read as it comes: each record is written (and flushed) as
+    soon as its batch is done, so pipelines flow and Ctrl-C keeps what finished. JSONL (the default) writes
+    {"index", "embedding"} per line (--with-text adds "text"; a cut input adds "truncated": true); csv/tsv
+    write a header (index[, text], e0, e1, ...) then one row per line; npy writes a float32 matrix to -o FILE.
+    -o FILE is written to a temporary file beside it and renamed over it at the end: a failed or interrupted
+    run leaves the old file as it was.
 
-    Empty (or blank) lines and lines that are not UTF-8 never shift rows: in JSONL they get a record
-    {"index", "error"} and the command exits 1 after writing everything; npy/csv/tsv refuse such input
-    up front (exit 1, the line numbers named, nothing written). With --query they are left out of the
-    ranking (a warning counts the undecodable ones).
+    Empty (or blank) lines, lines that are not UTF-8 and lines over 16 MiB never shift rows: in JSONL they
+    get a record {"index", "error"} and the command exits 1 after writing everything; npy/csv/tsv have no
+    row for them and stop at the first one (exit 1, the line named; refused before any work when it is in
+    the first 4,096 lines; -o FILE is then left untouched). With --query they are left out of the ranking
+    (a warning counts the undecodable ones).
 
     --prompt-name NAME prefixes every text with the checkpoint's prompt NAME; --instruction TEXT with
     e5-mistral's "Instruct: TEXT\\nQuery: ". With --query these prefixes go on the query only (documents
@@ -91,16 +96,13 @@ def embed(
     from llmctl.core.settings import load_settings
 
     _check_options(output_format, output, query, top_k, prompt_name, instruction)
-    lines = read_lines(file)
-    bad = [line for line in lines if line.error is not None]
-    if bad and query is None and output_format is not EmbedFormat.jsonl:
-        shown = ", ".join(str(line.index + 1) for line in bad[:10]) + (", ..." if len(bad) > 10 else "")
-        raise LlmctlError(
-            f"{len(bad)} input line(s) cannot be embedded (empty or not UTF-8): line {shown}",
-            hint="remove them first, or use --format jsonl, which writes an error record for each",
-        )
-    good = [line for line in lines if line.error is None]
-    if query is not None and not good:
+    inputs = line_source(file)
+    total = inputs.prefetch(PREFETCH)  # the number of lines when the input ends soon, else None
+    if total == 0:
+        raise UsageError("no input lines to embed")
+    if query is None and output_format is not EmbedFormat.jsonl:
+        refuse_bad([line for line in inputs.ahead if line.error is not None])  # before loading, when in sight
+    if query is not None and total is not None and all(line.error is not None for line in inputs.ahead):
         raise UsageError("--query: the input has no non-empty lines to rank")
 
     settings = load_settings()
@@ -119,28 +121,78 @@ def embed(
         "dimensions": dimensions,
         "batch_size": batch_size,
     }
-    doc_prompt = None if query is not None else prompt
-    vectors, cut = embed_texts(llm, [line.text for line in good], prompt=doc_prompt, **options)
-    if cut.any():
-        limit = config.max_seq_length
-        warn(f"{int(cut.sum())} of {len(good)} line(s) were longer than the model's {limit}-token limit and were cut")
-
+    query_vec = None
     if query is not None:
-        query_vec, _ = embed_texts(llm, [query], prompt=prompt, **options)
-        undecodable = sum(line.text is None for line in bad)
-        if undecodable:  # blank lines are no loss (paragraph breaks); bytes that are not text are
-            warn(f"{undecodable} line(s) that are not UTF-8 were left out of the ranking")
-        _write_ranking(rank(query_vec[0], vectors, good, top_k), output)
-        return
-    if output_format is EmbedFormat.npy:
-        _write_npy(vectors, output)
+        query_vec = embed_texts(llm, [query], prompt=prompt, **options)[0][0]
+    tally = _Tally()
+    rows = tally.count(_embedded(llm, inputs, total, prompt=None if query is not None else prompt, **options))
+    dims = dimensions or config.dimension
+    if query is not None:
+        ranking = rank(query_vec, rows, top_k)
+        if not tally.embedded:
+            raise UsageError("--query: the input has no non-empty lines to rank")
+        write_ranking(ranking, output)
+    elif output_format is EmbedFormat.npy:
+        write_npy(rows, output, dims)
     elif output_format is EmbedFormat.jsonl:
-        _write_jsonl(lines, vectors, cut, output, with_text)
+        write_jsonl(rows, output, with_text)
     else:
-        _write_delimited(good, vectors, output, with_text, "," if output_format is EmbedFormat.csv else "\t")
-    if bad and output_format is EmbedFormat.jsonl:
-        warn(f"{len(bad)} of {len(lines)} line(s) were not embedded (empty or not UTF-8); see their error records")
+        write_delimited(rows, output, with_text, "," if output_format is EmbedFormat.csv else "\t", dims)
+    if tally.cut:
+        limit = config.max_seq_length
+        warn(f"{tally.cut} of {tally.embedded} line(s) were longer than the model's {limit}-token limit and were cut")
+    if query is not None and tally.undecodable:  # blank lines are no loss (paragraph breaks); bytes that are not text are
+        warn(f"{tally.undecodable} line(s) that are not UTF-8 were left out of the ranking")
+    if inputs.stopped:
+        raise LlmctlError(inputs.stopped)
+    if tally.bad and output_format is EmbedFormat.jsonl and query is None:
+        warn(f"{tally.bad} of {tally.lines} line(s) were not embedded (empty, not UTF-8 or too long); see their error records")
         raise typer.Exit(EXIT_ERROR)
+
+
+def _embedded(llm, inputs, total: int | None, *, prompt: str | None, batch_size: int, **options: Any):
+    """(Line, (vector, truncated) or None for a bad line) in input order, each as soon as its batch is done.
+
+    A window of a few batches is read (what has arrived of it), embedded in one call (the engine sorts it by
+    length and packs it), and written before more input is read: memory stays bounded on endless input."""
+    import numpy as np
+
+    texts: dict[int, str] = {}
+
+    def submit(line: Line):
+        if line.error is not None:
+            return Ready(None)
+        texts[line.index] = line.text
+        return line.index
+
+    def collect(keys) -> dict:
+        keys = list(keys)
+        outs = llm.embed([texts.pop(k) for k in keys], prompt=prompt, batch_size=batch_size, **options)
+        return {k: (np.asarray(out.outputs.embedding, dtype=np.float32), bool(getattr(out, "truncated", False)))
+                for k, out in zip(keys, outs)}
+
+    with _Progress(total) as advance:
+        for line, result in in_order(inputs, submit, collect, batch_size * CHUNK_BATCHES):
+            yield line, result
+            advance(1)
+
+
+class _Tally:
+    """Counts what went through: lines, bad ones (and which were not UTF-8), embedded ones, cut ones."""
+
+    def __init__(self):
+        self.lines = self.bad = self.undecodable = self.embedded = self.cut = 0
+
+    def count(self, rows):
+        for line, result in rows:
+            self.lines += 1
+            if result is None:
+                self.bad += 1
+                self.undecodable += line.text is None
+            else:
+                self.embedded += 1
+                self.cut += result[1]
+            yield line, result
 
 
 def _check_options(fmt: EmbedFormat, output: Path | None, query: str | None, top_k: int | None,
@@ -159,20 +211,23 @@ def _check_options(fmt: EmbedFormat, output: Path | None, query: str | None, top
     check_option_text(("--query", query), ("--instruction", instruction), ("--prompt-name", prompt_name))
 
 
-def read_lines(file: Path | None) -> list[Line]:
-    """Every input line becomes one Line (in order), so N lines give N rows whatever they hold."""
-    return parse_lines(read_input(file, nothing_given="no input: give a FILE, or pipe texts on stdin (one per line)"))
+def line_source(file: Path | None) -> LineSource[Line]:
+    """The input lines as Lines, read as they come: N lines give N rows whatever they hold."""
+    stream = open_input(file, nothing_given="no input: give a FILE, or pipe texts on stdin (one per line)")
+    return LineSource(stream, _line, max_line_bytes())
 
 
 def parse_lines(raw: bytes) -> list[Line]:
-    lines = []
-    for i, (text, error) in enumerate(split_lines(raw)):
-        if text is not None and not text.strip():
-            error = f"line {i + 1} is empty"
-        lines.append(Line(i, text=text, error=error))
+    lines = parse_all(raw, _line)
     if not lines:
         raise UsageError("no input lines to embed")
     return lines
+
+
+def _line(i: int, text: str | None, error: str | None) -> Line:
+    if text is not None and not text.strip():
+        error = f"line {i + 1} is empty"
+    return Line(i, text=text, error=error)
 
 
 def _load_embedder(name: str, settings, **kw: Any):
@@ -222,14 +277,14 @@ def embed_texts(llm, texts: list[str], *, prompt: str | None, batch_size: int, *
 
 
 class _Progress:
-    """A rich progress bar on stderr for big inputs on a terminal; otherwise nothing."""
+    """A rich progress bar on stderr (when it is a terminal) for big or open-ended inputs; otherwise nothing."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int | None):
         self.total = total
         self.bar = None
 
     def __enter__(self):
-        if self.total <= PROGRESS_MIN_LINES or not sys.stderr.isatty():
+        if (self.total is not None and self.total <= PROGRESS_MIN_LINES) or not sys.stderr.isatty():
             return lambda n: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -244,100 +299,3 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def rank(query_vec, vectors, lines: list[Line], top_k: int | None) -> list[dict[str, Any]]:
-    """Records {index, score, text}, best cosine similarity first (ties keep input order)."""
-    import numpy as np
-
-    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query_vec)  # (n,)
-    scores = (vectors @ query_vec) / np.maximum(norms, 1e-12)  # (n,)
-    order = np.argsort(-scores, kind="stable")[:top_k]
-    return [{"index": lines[i].index, "score": round(float(scores[i]), 6), "text": lines[i].text} for i in order]
-
-
-# -- writers --------------------------------------------------------------------------------------------
-
-
-class _Sink:
-    """stdout, or a file opened for writing (text or binary) and closed on exit."""
-
-    def __init__(self, output: Path | None, binary: bool = False):
-        self.output = output if output is not None and str(output) != "-" else None
-        self.binary = binary
-        self.handle: IO[Any] | None = None
-
-    def __enter__(self) -> IO[Any]:
-        if self.output is None:
-            return sys.stdout.buffer if self.binary else sys.stdout
-        try:
-            mode = "wb" if self.binary else "w"
-            self.handle = open(self.output, mode, **({} if self.binary else {"encoding": "utf-8", "newline": ""}))
-        except OSError as err:
-            raise UsageError(f"cannot write {self.output}: {err.strerror or err}") from None
-        return self.handle
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            self.handle.close()
-        else:
-            sys.stdout.flush()
-
-
-def _floats(row) -> list[str]:
-    # str() of a float32 is its shortest round-trip form: half the bytes of a float64 repr, nothing lost
-    return [str(x) for x in row]
-
-
-def _write_jsonl(lines: list[Line], vectors, cut, output: Path | None, with_text: bool) -> None:
-    rows = iter(zip(vectors, cut))
-    with _Sink(output) as out:
-        for line in lines:
-            if line.error is not None:
-                out.write(json.dumps({"index": line.index, "error": line.error}) + "\n")
-                continue
-            row, was_cut = next(rows)
-            head: dict[str, Any] = {"index": line.index}
-            if with_text:
-                head["text"] = line.text
-            if was_cut:
-                head["truncated"] = True
-            head_json = json.dumps(head, ensure_ascii=False)[:-1]  # the object, still open for the vector
-            out.write(f'{head_json}, "embedding": [{", ".join(_floats(row))}]}}\n')
-
-
-def _write_npy(vectors, output: Path) -> None:
-    import numpy as np
-
-    with _Sink(output, binary=True) as out:
-        np.save(out, np.ascontiguousarray(vectors, dtype=np.float32))  # a handle: np.save adds no ".npy"
-
-
-def _write_delimited(lines: list[Line], vectors, output: Path | None, with_text: bool, delimiter: str) -> None:
-    with _Sink(output) as out:
-        writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
-        dims = vectors.shape[1] if vectors.ndim == 2 else 0
-        writer.writerow(["index", *(["text"] if with_text else []), *(f"e{d}" for d in range(dims))])
-        for line, row in zip(lines, vectors):
-            writer.writerow([line.index, *([line.text] if with_text else []), *_floats(row)])
-
-
-def _write_ranking(records: list[dict[str, Any]], output: Path | None) -> None:
-    if output is not None or not sys.stdout.isatty():
-        with _Sink(output) as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return
-    from rich.table import Table
-
-    from llmctl.cli.output import stdout_console
-
-    table = Table(box=None, header_style="bold")
-    rows = [(str(n), f"{r['score']:.4f}", str(r["index"] + 1), r["text"]) for n, r in enumerate(records, 1)]
-    for col, name in enumerate(("rank", "score", "line")):
-        width = max([len(name), *(len(row[col]) for row in rows)])
-        table.add_column(name, justify="right", no_wrap=True, min_width=width)
-    table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)  # the text column takes what is left
-    for row in rows:
-        table.add_row(*row)
-    stdout_console().print(table)

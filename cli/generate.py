@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli.generate_input import PromptItem, read_prompts
-from llmctl.cli.lines import check_option_text
+from llmctl.cli.generate_input import PromptItem, prompt_source
+from llmctl.cli.lines import ListSource, check_option_text
 from llmctl.cli.options import (
     DeviceOpt,
     DtypeOpt,
@@ -25,9 +26,12 @@ from llmctl.cli.options import (
     source_value,
 )
 from llmctl.cli.output import Output, warn
-from llmctl.core.errors import EXIT_ERROR
+from llmctl.cli.stream import Ready, Writer, in_order, stdout_writer
+from llmctl.core.errors import EXIT_ERROR, LlmctlError, UsageError
 
 _S = "Sampling"
+PREFETCH = 256  # prompts read before loading the model: a short input sizes the decode batch to itself
+WINDOW_PER_SEQ = 4  # prompts in flight (queued, running, or done and waiting for an earlier one) per decode seat
 
 
 def generate(
@@ -58,7 +62,7 @@ def generate(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     max_model_len: MaxModelLenOpt = None,
-    max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Most sequences decoded together (default: the number of prompts, up to the engine's default: 512 on GPUs of 70 GiB or more, else 256).", show_default=False)] = None,
+    max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", min=1, help="Most sequences decoded together (default: the number of prompts of a short input, else the engine's default: 512 on GPUs of 70 GiB or more, else 256).", show_default=False)] = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
     model_impl: ModelImplOpt = ModelImpl.auto,
     enforce_eager: EnforceEagerOpt = False,
@@ -69,13 +73,18 @@ def generate(
 
     Prompts come from --prompt (repeatable), --file, or stdin, one per line; a line may be JSON with
     "prompt" or "messages". With --json, one JSON object per prompt, in input order. A prompt that
-    cannot run (too long, empty, bad JSON) gets an error record; the others still run (exit 1 at the end).
+    cannot run (too long, empty, bad JSON, a line over 16 MiB) gets an error record; the others still
+    run (exit 1 at the end). Input is read as it comes and each result is written (and flushed) as soon as
+    it and every one before it are done, so pipelines flow and Ctrl-C keeps what finished.
     """
     from llmctl.core.engine.sampling_params import SamplingParams
     from llmctl.core.settings import load_settings
 
     check_option_text(("--system", system), *(("--stop", s) for s in stop or ()))
-    items = read_prompts(prompt, file)
+    inputs = prompt_source(prompt, file)
+    total = inputs.prefetch(PREFETCH)  # the number of prompts when the input ends soon, else None
+    if total == 0:
+        raise UsageError("no prompts in the input")
     params = SamplingParams(
         temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
@@ -87,30 +96,44 @@ def generate(
     settings = load_settings()
     llm = _load(
         model or settings.default_model, settings, dtype=dtype or settings.dtype, device=device or settings.device,
-        max_model_len=max_model_len, max_num_seqs=max_num_seqs or (max(1, len(items)) if len(items) < 256 else None),
+        max_model_len=max_model_len, max_num_seqs=max_num_seqs or (total if total is not None and total < 256 else None),
         trust_remote_code=trust_remote_code,
         model_impl=model_impl.value, enforce_eager=enforce_eager, revision=revision, source=source_value(source),
     )
-    use_chat = _chat_mode(chat, llm, items)
-    requests = [_request(item, llm, use_chat, system) for item in items]
+    use_chat = _chat_mode(chat, llm)
     out = Output(json_output, json_when_piped=False)  # text stays text in a pipe; --json asks for records
     if stream is None:
-        stream = len(items) == 1 and not out.json_mode and sys.stdout.isatty()
-    if stream and len(items) == 1 and "error" not in requests[0]:
-        _stream(llm, requests[0], params, out.json_mode, items[0])
-        return
-    runnable = [r for r in requests if "error" not in r]
-    results = iter(llm.generate([{k: v for k, v in r.items() if k != "index"} for r in runnable], params))
-    failed = 0
-    for item, request in zip(items, requests):
+        stream = total == 1 and not out.json_mode and sys.stdout.isatty()
+    if stream and total == 1:
+        item = inputs.take(1)[0]
+        request = _request(item, llm, use_chat, system)
+        if "error" not in request:
+            _stream(llm, request, params, out.json_mode, item)
+            return
+        inputs = ListSource([item])
+
+    def submit(item: PromptItem):
+        request = _request(item, llm, use_chat, system)
         if "error" in request:
-            record = {"index": item.index, "prompt": item.label, "error": request["error"]}
-        else:
-            record = _record(item, next(results), params)
+            return Ready({"index": item.index, "prompt": item.label, "error": request["error"]})
+        return llm.add_request(request, params)
+
+    def collect(request_ids) -> dict:
+        return {result.request_id: result for result in llm.wait(request_ids, one_step=True)}
+
+    window = WINDOW_PER_SEQ * llm.llm_engine.config.max_num_seqs
+    writer = stdout_writer()
+    count = failed = 0
+    for item, result in in_order(inputs, submit, collect, window, abandon=llm.abort):
+        record = result if isinstance(result, dict) else _record(item, result, params)
+        count += 1
         failed += "error" in record
-        _write(out, record, many=len(items) > 1)
+        _write(out, writer, record, many=total != 1)
     if failed:
-        warn(f"{failed} of {len(items)} prompt(s) failed; see their error records")
+        warn(f"{failed} of {count} prompt(s) failed; see their error records")
+    if inputs.stopped:
+        raise LlmctlError(inputs.stopped)
+    if failed:
         raise typer.Exit(EXIT_ERROR)
 
 
@@ -124,11 +147,9 @@ def _load(name: str, settings, **kw: Any):
     return LLM(str(path), seed=0, **kw, **kv)
 
 
-def _chat_mode(chat: bool | None, llm, items: list[PromptItem]) -> bool:
+def _chat_mode(chat: bool | None, llm) -> bool:
     has_template = bool(getattr(llm.get_tokenizer(), "chat_template", None))
     if chat and not has_template:
-        from llmctl.core.errors import UsageError
-
         raise UsageError("--chat: this model's tokenizer has no chat template", hint="use --no-chat")
     return has_template if chat is None else chat
 
@@ -183,9 +204,9 @@ def _logprob_map(entry: dict) -> dict[str, float]:
     return {str(token): round(lp.logprob, 6) for token, lp in entry.items()}
 
 
-def _write(out: Output, record: dict[str, Any], many: bool) -> None:
+def _write(out: Output, writer: Writer, record: dict[str, Any], many: bool) -> None:
     if out.json_mode:
-        out.jsonl(record)
+        writer.record(json.dumps(record, ensure_ascii=False) + "\n")
         return
     if "error" in record:
         warn(f"prompt {record['index'] + 1}: {record['error']}")
@@ -194,30 +215,29 @@ def _write(out: Output, record: dict[str, Any], many: bool) -> None:
         from llmctl.cli.output import stdout_console
 
         stdout_console().rule(f"prompt {record['index'] + 1}", style="dim")
-    sys.stdout.write(record["text"] + "\n")
-    sys.stdout.flush()
+    writer.record(record["text"] + "\n")
 
 
 def _stream(llm, request: dict[str, Any], params, json_mode: bool, item: PromptItem) -> None:
     """Print the text of one prompt as it grows; hold back what could still turn out to be a stop string."""
+    writer = stdout_writer()
     hold = params.stop_buffer_length
     shown = 0
     final = None
-    for partial in llm.stream({k: v for k, v in request.items() if k != "index"}, params):
+    for partial in llm.stream(request, params):
         final = partial
         if partial.error is None and not json_mode:
             text = partial.outputs[0].text
             end = len(text) if partial.finished else max(len(text) - hold, shown)
-            sys.stdout.write(text[shown:end])
-            sys.stdout.flush()
+            writer.record(text[shown:end])
             shown = end
     if final is None:
         return
     record = _record(item, final, params)
     if json_mode:
-        Output(True).jsonl(record)
+        writer.record(json.dumps(record, ensure_ascii=False) + "\n")
     elif "error" in record:
         warn(record["error"])
         raise typer.Exit(EXIT_ERROR)
     else:
-        sys.stdout.write(final.outputs[0].text[shown:] + "\n")
+        writer.record(final.outputs[0].text[shown:] + "\n")

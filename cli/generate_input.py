@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.cli.lines import read_input, split_lines
+from llmctl.cli.lines import LineSource, ListSource, max_line_bytes, open_input, parse_all
 from llmctl.core.errors import UsageError
 from llmctl.core.values import JSONInputError, loads_json, strings_problem
 
@@ -29,24 +29,26 @@ class PromptItem:
         return ""
 
 
-def read_prompts(prompts: list[str] | None, file: Path | None) -> list[PromptItem]:
-    """Every input becomes exactly one item, so N inputs give N results (errors included)."""
+def prompt_source(prompts: list[str] | None, file: Path | None) -> ListSource[PromptItem] | LineSource[PromptItem]:
+    """The inputs as PromptItems, read as they come: every input becomes exactly one item, so N inputs give N
+    results (errors included)."""
     if prompts:
         if file is not None:
             raise UsageError("give prompts with --prompt or --file, not both")
-        return [_checked(PromptItem(i, prompt=p), f"prompt {i + 1}") for i, p in enumerate(prompts)]
-    raw = read_input(file, nothing_given="no prompt: use --prompt TEXT, --file FILE, or pipe prompts on stdin (one per line)")
-    return parse_lines(raw)
+        return ListSource([_checked(PromptItem(i, prompt=p), f"prompt {i + 1}") for i, p in enumerate(prompts)])
+    stream = open_input(file, nothing_given="no prompt: use --prompt TEXT, --file FILE, or pipe prompts on stdin (one per line)")
+    return LineSource(stream, _item, max_line_bytes())
 
 
 def parse_lines(raw: bytes) -> list[PromptItem]:
-    items = [
-        PromptItem(i, error=error) if text is None else _parse_line(i, text)
-        for i, (text, error) in enumerate(split_lines(raw))
-    ]
+    items = parse_all(raw, _item)
     if not items:
         raise UsageError("no prompts in the input")
     return items
+
+
+def _item(i: int, text: str | None, error: str | None) -> PromptItem:
+    return PromptItem(i, error=error) if text is None else _parse_line(i, text)
 
 
 def _parse_line(i: int, text: str) -> PromptItem:

@@ -33,6 +33,7 @@ def arch_report(spec: Any, src: Any = None) -> dict[str, Any]:
         kv_cache_note,
         parameter_count,
         safetensors_bytes,
+        state_bytes_per_sequence,
         weight_bytes,
     )
 
@@ -98,13 +99,18 @@ def arch_report(spec: Any, src: Any = None) -> dict[str, Any]:
         "moe": None if moe is None else {
             "num_experts": moe.num_experts, "experts_per_token": moe.experts_per_token,
             "num_shared_experts": moe.num_shared_experts, "moe_intermediate_size": moe.moe_intermediate_size,
-            "num_moe_layers": sum(1 for i in range(spec.num_layers) if moe.is_moe_layer(i))},
+            "num_moe_layers": None if spec.num_layers is None else sum(
+                1 for i in range(spec.num_layers) if moe.is_moe_layer(i))},
+        "layers": None if spec.layer_plan is None else {
+            "kv_cache_layers": spec.layer_plan.kv_layers, "state_layers": dict(spec.layer_plan.state_layers)},
         "pooling": spec.pooling,
         "weight_bytes": weights,
         "checkpoint_dtype": stored_dtype,
         "kv_cache_dtype": kv_dtype,
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(spec, dtype_bytes(kv_dtype)),
         "kv_cache_note": kv_cache_note(spec),
+        "state_bytes_per_sequence": state_bytes_per_sequence(spec, dtype_bytes(kv_dtype)),
+        "unknown": list(spec.unknown),  # what the config did not give in a form llmctl reads (null above)
         "notes": list(spec.notes),
     }
     return data
@@ -120,9 +126,13 @@ def _dominant_dtype(header: dict) -> str:
     return max(totals, key=totals.get)
 
 
+def _value(value: Any) -> str:
+    return "unknown" if value is None else str(value)
+
+
 def _size(n: int | None) -> str:
     if n is None:
-        return "-"
+        return "unknown"
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
@@ -147,13 +157,19 @@ def _render(console: Any, data: dict[str, Any]) -> None:
     row = table.add_row
     row("architecture", data["architecture"] + (" (inferred from model_type)" if data["architecture_inferred"] else ""))
     row("family / kind", f"{data['family']} / {data['kind']}" + (" / multimodal" if data["is_multimodal"] else ""))
-    layers = str(data["num_layers"])
+    layers = _value(data["num_layers"])
     if data["num_decoder_layers"]:
         layers += f" encoder + {data['num_decoder_layers']} decoder"
     row("layers", layers)
-    row("hidden / intermediate", f"{data['hidden_size']} / {data['intermediate_size'] or '-'}")
-    row("attention", f"{data['attention']}: {data['num_attention_heads']} heads, {data['num_kv_heads']} KV heads, "
-                     f"head dim {data['head_dim']}")
+    row("hidden / intermediate", f"{_value(data['hidden_size'])} / {data['intermediate_size'] or '-'}")
+    if data["attention"] == "none":
+        row("attention", "none (attention-free)")
+    else:
+        row("attention", f"{_value(data['attention'])}: {_value(data['num_attention_heads'])} heads, "
+                         f"{_value(data['num_kv_heads'])} KV heads, head dim {_value(data['head_dim'])}")
+    if data["layers"]:
+        state = ", ".join(f"{n} {kind}" for kind, n in data["layers"]["state_layers"].items()) or "none"
+        row("layer types", f"{data['layers']['kv_cache_layers']} with a KV cache; state layers: {state}")
     if data["mla"]:
         mla = data["mla"]
         row("MLA", f"kv_lora_rank {mla['kv_lora_rank']}, q_lora_rank {mla['q_lora_rank']}, "
@@ -169,11 +185,12 @@ def _render(console: Any, data: dict[str, Any]) -> None:
     row("sliding window", str(data["sliding_window"] or "none"))
     row("norm / activation", f"{data['norm']} / {data['activation'] or '-'}")
     row("tied embeddings", "yes" if data["tie_word_embeddings"] else "no")
-    row("vocab / context", f"{data['vocab_size']:,} / {data['context_length'] or '-'}")
+    vocab = "unknown" if data["vocab_size"] is None else f"{data['vocab_size']:,}"
+    row("vocab / context", f"{vocab} / {data['context_length'] or '-'}")
     if data["moe"]:
         moe = data["moe"]
-        row("MoE", f"{moe['num_experts']} experts, {moe['experts_per_token']} per token, "
-                   f"{moe['num_shared_experts']} shared, {moe['num_moe_layers']} MoE layers")
+        row("MoE", f"{moe['num_experts']} experts, {_value(moe['experts_per_token'])} per token, "
+                   f"{moe['num_shared_experts']} shared, {_value(moe['num_moe_layers'])} MoE layers")
     if data["pooling"]:
         row("pooling", data["pooling"])
     row("parameters", _count(data["num_parameters"]) + (f"  [dim]from {data['param_count_source']}[/]"
@@ -190,6 +207,10 @@ def _render(console: Any, data: dict[str, Any]) -> None:
             row(f"weights at {dtype}", _size(weights[dtype]))
     kv = f"{_size(data['kv_cache_bytes_per_token'])} ({data['kv_cache_dtype']})"
     row("KV cache per token", kv + (f"  [dim]{data['kv_cache_note']}[/]" if data["kv_cache_note"] else ""))
+    if data["state_bytes_per_sequence"] != 0:
+        row("state per sequence", _size(data["state_bytes_per_sequence"]))
+    if data["unknown"]:
+        row("unknown", ", ".join(data["unknown"]))
     console.print(table)
     for note in data["notes"]:
         console.print(f"  [dim]• {note}[/]")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import click
 import typer
 
-from llmctl.core.errors import EXIT_ERROR, LlmctlError
+from llmctl.core.errors import EXIT_ERROR, LlmctlError, OutputError
 
 _state = {"debug": False}
 
@@ -44,14 +44,14 @@ class Output:
 
     def emit(self, data: dict[str, Any], render: Callable[[Any, dict[str, Any]], None]) -> None:
         if self.json_mode:
-            sys.stdout.write(json.dumps(data, ensure_ascii=False, default=_json_default) + "\n")
-            sys.stdout.flush()
+            self.jsonl(data)
         else:
             render(stdout_console(), data)
 
     def jsonl(self, record: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-        sys.stdout.flush()
+        from llmctl.cli.stream import stdout_writer
+
+        stdout_writer().record(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -81,10 +81,15 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _flush_stdout()  # here, not at exit, so that a full disk is reported like any other error
         except (typer.Exit, typer.Abort, SystemExit, click.ClickException):
             raise  # Click reports its own usage errors (exit 2)
         except LlmctlError as err:
+            if isinstance(err, OutputError):
+                _silence_stdout()  # what stdout still buffers cannot be written either: drop it
             if debug_enabled():
                 raise
             error_line(err.message, err.hint)
@@ -93,7 +98,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.write("\n")
             raise typer.Exit(130) from None
         except BrokenPipeError:
-            _silence_broken_pipe()
+            _silence_stdout()
             raise typer.Exit(0) from None
         except Exception as err:  # an llmctl bug: still one line, the traceback behind --debug
             if debug_enabled():
@@ -104,8 +109,17 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _silence_broken_pipe() -> None:
-    # Python flushes stdout at exit and would complain about the closed pipe; point it at /dev/null.
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise OutputError(f"cannot write to stdout: {err.strerror or err}") from None
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit and would complain about a closed pipe or a full disk; point it at /dev/null.
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

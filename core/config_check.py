@@ -150,15 +150,27 @@ def _first_int(cfg: dict, *keys: str) -> int | None:
     return None
 
 
+def family_is_read(cfg: dict) -> bool:
+    """Whether llmctl knows this family's config class (core/config_keys.DEFAULTS): its head size and position
+    encoding are read, not guessed."""
+    return str(cfg.get("model_type") or "") in DEFAULTS
+
+
+def head_size_is_derived(cfg: dict) -> bool:
+    """Whether llmctl derives this config's head size as hidden_size / heads, as transformers does: no explicit
+    head size, and a family whose config class llmctl reads."""
+    if not family_is_read(cfg):
+        return False
+    return not any(cfg.get(k) for k in ("head_dim", "kv_channels", "d_kv", "attention_head_size", "kv_lora_rank"))
+
+
 def _check_head_split(cfg: dict, where: str) -> None:
     """Without an explicit head size, the hidden size must split evenly into the heads (transformers' rule).
 
     Only for the families llmctl reads (core/config_keys.DEFAULTS): those derive the head size from
     hidden_size / heads; others (GLM-4-MoE) default head_dim in their config class, which llmctl cannot see.
     """
-    if str(cfg.get("model_type") or "") not in DEFAULTS:
-        return
-    if any(cfg.get(k) for k in ("head_dim", "kv_channels", "d_kv", "attention_head_size", "kv_lora_rank")):
+    if not head_size_is_derived(cfg):
         return
     hidden = _first_int(cfg, "hidden_size", "n_embd", "d_model")
     heads = _first_int(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads")

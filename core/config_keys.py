@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmctl.core.errors import ModelReadError
+
 # transformers' defaults (configuration_<family>.py) for the structural keys; hub config.json files often omit
 # them (llava-1.5's text_config gives only vocab_size and a few more and relies on LlamaConfig()).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -152,6 +154,54 @@ _SYNONYMS = (
 )
 
 
+class SizeReader:
+    """Reads integer sizes from a config: a per-layer list of equal values reads as that value; one that varies
+    reads as None, and `notes` says so (Gemma 3n's per-layer intermediate_size, Swin's per-stage num_heads)."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.notes: list[str] = []
+        self.varying: set[str] = set()
+
+    def size(self, name: str, *keys: str) -> int | None:
+        for key in keys or (name,):
+            value = self.cfg.get(key)
+            if value is None:
+                continue
+            if isinstance(value, dict):  # LXMERT: {"language": 9, "vision": 5, "cross_encoder": 5}
+                self.notes.append(f"{key} is given per part ({_short(list(value.items()))}): not modelled, "
+                                  "left unknown")
+                self.varying.add(name)
+                return None
+            if isinstance(value, (list, tuple)):
+                numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                if value and len(numbers) == len(value) and len(set(numbers)) == 1:
+                    value = numbers[0]
+                else:
+                    shown = sorted(set(numbers)) if numbers and len(numbers) == len(value) else value
+                    self.notes.append(f"{key} differs between layers ({_short(shown)}): not modelled, left unknown")
+                    self.varying.add(name)
+                    return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise ModelReadError(f"config.json: {key} must be an integer, got {value!r}")
+            return int(value)
+        return None
+
+
+def _short(values: Any) -> str:
+    text = ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def aliased(cfg: dict, attribute_map: dict[str, str]) -> dict:
+    """`cfg` with each common name a family's config class maps (attribute_map) filled from the key it stores."""
+    out = dict(cfg)
+    for common, stored in attribute_map.items():
+        if out.get(common) is None and out.get(stored) is not None:
+            out[common] = out[stored]
+    return out
+
+
 def with_defaults(cfg: dict, defaults: dict) -> dict:
     """`cfg` over `defaults`, skipping defaults whose key or a synonym `cfg` already has (an explicit null
     counts: DeepSeek-V2-Lite's "q_lora_rank": null means no query compression, not the default 1536)."""
@@ -175,9 +225,9 @@ def family_of(model_type: str, architecture: str) -> str:
 
 def merged_text_config(config: dict, family: str) -> dict:
     """The language model's config: text_config / llm_config for multimodal checkpoints, else the config itself."""
-    for key in ("text_config", "llm_config", "language_config"):
+    for key in ("text_config", "llm_config", "language_config", "decoder"):  # decoder: MusicGen, VisionEncoderDecoder
         sub = config.get(key)
-        if isinstance(sub, dict) and sub:
+        if isinstance(sub, dict) and sub and (key != "decoder" or "model_type" in sub):
             merged = dict(sub)
             for inherited in ("torch_dtype", "dtype", "quantization_config"):
                 if inherited not in merged and inherited in config:
@@ -210,7 +260,7 @@ def _rope_parameters(cfg: dict) -> dict:
     return merged
 
 
-def read_rope(cfg: dict, family: str, head_dim: int) -> tuple[str, str | None, float | None, dict | None, float]:
+def read_rope(cfg: dict, family: str, head_dim: int | None) -> tuple[str, str | None, float | None, dict | None, float]:
     """(position embedding kind, rope_type, rope_theta, rope_scaling, partial_rotary_factor)."""
     if family == "t5":
         return "relative", None, None, None, 1.0
@@ -225,8 +275,8 @@ def read_rope(cfg: dict, family: str, head_dim: int) -> tuple[str, str | None, f
     if theta is None and family == "chatglm":
         theta = 10000.0 * float(cfg.get("rope_ratio", 1))
     partial = first(params, "partial_rotary_factor") or first(cfg, "partial_rotary_factor", "rotary_pct")
-    if partial is None and cfg.get("rotary_dim"):  # gpt-j
-        partial = int(cfg["rotary_dim"]) / head_dim
+    if partial is None and isinstance(cfg.get("rotary_dim"), int) and head_dim:  # gpt-j
+        partial = cfg["rotary_dim"] / head_dim
     if partial is None and family == "chatglm":
         partial = 0.5  # ChatGLM rotates half of each head
     rope_type = str(params.get("rope_type") or "default")

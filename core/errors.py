@@ -59,3 +59,7 @@ class WeightLoadError(LlmctlError):
     """A checkpoint does not match its model definition (missing, unexpected or misshapen tensors)."""
 
     exit_code = EXIT_MODEL
+
+
+class OutputError(LlmctlError):
+    """The output cannot be written (a full disk, a file that cannot be created)."""

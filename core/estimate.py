@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from llmctl.core.errors import LlmctlError, UsageError
+from llmctl.core.errors import LlmctlError, UnsupportedModelError, UsageError
 from llmctl.core.param_count import count, has_lm_head
 from llmctl.core.safetensors_header import SAFETENSORS_DTYPE_BITS
 from llmctl.core.spec import ModelSpec
@@ -14,7 +14,7 @@ from llmctl.core.spec import ModelSpec
 __all__ = [
     "ParamCount", "count_parameters", "count_active_parameters", "parameter_count", "count_from_safetensors",
     "count_from_gguf", "dtype_bytes", "weight_bytes", "weight_bytes_table", "kv_cache_bytes_per_token",
-    "kv_cache_note", "count_note", "has_lm_head", "safetensors_bytes", "checkpoint_dtype",
+    "kv_cache_note", "count_note", "has_lm_head", "safetensors_bytes", "checkpoint_dtype", "state_bytes_per_sequence",
 ]
 
 
@@ -23,7 +23,7 @@ class ParamCount:
     """An exact parameter count and where it came from ("safetensors" | "gguf" | "config")."""
 
     total: int
-    active: int
+    active: int | None  # None for an MoE model whose experts-per-token count is unknown
     source: str
     note: str | None = None
 
@@ -39,6 +39,8 @@ def count_parameters(spec: ModelSpec) -> int:
 def count_active_parameters(spec: ModelSpec) -> int:
     """Parameters one token passes through: the total less the routed experts it is not sent to."""
     counts = count(spec)
+    if counts.inactive is None:
+        raise UnsupportedModelError("the experts-per-token count is unknown, so the active parameters are too")
     return counts.total - counts.inactive
 
 
@@ -123,6 +125,10 @@ def parameter_count(spec: ModelSpec, source: Any = None, *, header: Any = None) 
     except LlmctlError:
         counts = None
     inactive = counts.inactive if counts else 0
+
+    def active(total: int) -> int | None:
+        return None if inactive is None else total - inactive
+
     if source is not None or header is not None:
         if header is None:
             header = source.safetensors_header()
@@ -131,14 +137,14 @@ def parameter_count(spec: ModelSpec, source: Any = None, *, header: Any = None) 
             note = "sum of safetensors tensor shapes"
             if spec.family == "deepseek_v3" and counts and total > counts.total:
                 note += " (includes the multi-token-prediction layer)"
-            return ParamCount(total, total - inactive, "safetensors", note)
+            return ParamCount(total, active(total), "safetensors", note)
         info = getattr(source, "gguf_info", None) if source is not None else None
         if info is not None:
             total = count_from_gguf(info)
-            return ParamCount(total, total - inactive, "gguf", "sum of GGUF tensor element counts")
+            return ParamCount(total, active(total), "gguf", "sum of GGUF tensor element counts")
     if counts is None:
         return None
-    return ParamCount(counts.total, counts.total - counts.inactive, "config", counts.note)
+    return ParamCount(counts.total, active(counts.total), "config", counts.note)
 
 
 _DTYPE_BITS = {
@@ -178,27 +184,70 @@ def weight_bytes_table(num_params: int, checkpoint_dtype: str | None) -> dict[st
     return table
 
 
-def kv_cache_bytes_per_token(spec: ModelSpec, dtype_bytes: float = 2) -> int:
-    """KV-cache bytes one token adds, over all layers, as a paged cache stores it.
+def kv_cache_bytes_per_token(spec: ModelSpec, dtype_bytes: float = 2) -> int | None:
+    """KV-cache bytes one token adds, over all layers, as a paged cache stores it; None when the config
+    does not give the sizes it takes.
 
     MLA (DeepSeek-V2/V3): one compressed latent (kv_lora_rank) plus the shared rope key (qk_rope_head_dim)
-    per layer, as vLLM caches it. Encoder-only models keep no cache (0). For encoder-decoder models this is
-    the decoder self-attention; cross-attention keys/values are per source token. Sliding-window layers
-    cost the same per token but stop growing at the window (see kv_cache_note).
+    per layer, as vLLM caches it. Encoder-only and attention-free models keep no cache (0); hybrid models
+    count only their attention layers (their Mamba / linear-attention layers keep a fixed state instead, see
+    state_bytes_per_sequence). For encoder-decoder models this is the decoder self-attention; cross-attention
+    keys/values are per source token. Sliding-window layers cost the same per token but stop growing at the
+    window (see kv_cache_note).
     """
-    if spec.kind == "encoder-only":
+    if spec.kind == "encoder-only" or spec.attention == "none":
         return 0
     layers = spec.num_decoder_layers or spec.num_layers
+    if spec.layer_plan is not None and spec.kind != "encoder-decoder":
+        layers = spec.layer_plan.kv_layers
+    layers = _kv_layers(spec, layers)
     if spec.mla is not None:
         per_layer = spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim
+    elif spec.num_kv_heads is None or spec.head_dim is None:
+        return None
     else:
         per_layer = 2 * spec.num_kv_heads * spec.head_dim
+    if layers is None:
+        return None
     return math.ceil(layers * per_layer * dtype_bytes)
+
+
+def _kv_layers(spec: ModelSpec, layers: int | None) -> int | None:
+    # Gemma 3n: the last num_kv_shared_layers reuse earlier layers' keys and values and cache none of their own
+    shared = spec.text_config.get("num_kv_shared_layers")
+    if layers is not None and isinstance(shared, int) and not isinstance(shared, bool) and 0 < shared < layers:
+        return layers - shared
+    return layers
+
+
+def state_bytes_per_sequence(spec: ModelSpec, dtype_bytes: float = 2) -> int | None:
+    """Bytes of the fixed-size state each sequence keeps in Mamba layers (0 without any); None when the config
+    does not give its sizes, or the model has state layers of another kind (linear attention, convolution)."""
+    from llmctl.core.layer_plan import mamba_state_elements
+
+    plan = spec.layer_plan
+    if plan is None or not plan.state_layers:
+        return 0
+    total = 0
+    for kind, count in plan.state_layers.items():
+        per_layer = mamba_state_elements(spec.text_config, spec.hidden_size, kind) if "mamba" in kind else None
+        if per_layer is None:
+            return None
+        total += count * per_layer
+    return math.ceil(total * dtype_bytes)
 
 
 def kv_cache_note(spec: ModelSpec) -> str | None:
     if spec.kind == "encoder-only":
         return "encoder-only: no KV cache"
+    if spec.attention == "none":
+        return "attention-free: no KV cache; each sequence keeps a fixed-size state instead"
+    plan = spec.layer_plan
+    if plan is not None and spec.num_layers and plan.state_layers:
+        return plan.describe(spec.num_layers) + " (a fixed-size state per sequence)"
+    if spec.num_layers and _kv_layers(spec, spec.num_layers) != spec.num_layers:
+        return (f"the last {spec.num_layers - _kv_layers(spec, spec.num_layers)} layers reuse earlier layers' "
+                "keys and values")
     if spec.mla is not None:
         return f"MLA: latent {spec.mla.kv_lora_rank} + rope key {spec.mla.qk_rope_head_dim} per layer"
     if spec.sliding_window:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,10 +12,10 @@ from llmctl.core.spec import ModelSpec
 
 @dataclass(frozen=True, slots=True)
 class Counts:
-    """total parameters; `inactive` = routed-expert parameters a token does not use; what was counted."""
+    """total parameters; `inactive` = routed-expert parameters a token does not use (None: top-k unknown)."""
 
     total: int
-    inactive: int = 0
+    inactive: int | None = 0
     note: str | None = None
 
 
@@ -136,12 +137,13 @@ def _layout(spec: ModelSpec) -> _Layout:
     )
 
 
-def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int]:
+def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int | None]:
     """(parameters, inactive parameters) of decoder layer `index`'s feed-forward block."""
     h, c, moe = spec.hidden_size, spec.text_config, spec.moe
     if moe is None or not moe.is_moe_layer(index):
         return _mlp(h, spec.intermediate_size, gated=lay.gated, bias=lay.mlp_bias), 0
     expert = _mlp(h, moe.moe_intermediate_size, gated=True)
+    idle = None if moe.experts_per_token is None else (moe.num_experts - moe.experts_per_token) * expert
     total = moe.num_experts * expert + moe.num_experts * h  # experts + router
     if spec.text_family == "deepseek_v3" or c.get("topk_method") == "noaux_tc":
         # DeepSeek-V3's router has e_score_correction_bias: a buffer in transformers, a tensor in the checkpoint,
@@ -151,7 +153,7 @@ def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int]:
         total += _mlp(h, moe.shared_expert_intermediate_size, gated=True) + h
     elif moe.num_shared_experts:  # DeepSeek: shared experts fused into one wider MLP
         total += _mlp(h, moe.moe_intermediate_size * moe.num_shared_experts, gated=True)
-    return total, (moe.num_experts - moe.experts_per_token) * expert
+    return total, idle
 
 
 def _tied(spec: ModelSpec) -> bool:
@@ -175,7 +177,7 @@ def _decoder(spec: ModelSpec) -> Counts:
     for index in range(spec.num_layers):
         ffn, idle = _ffn(spec, lay, index)
         total += per_layer + ffn
-        inactive += idle
+        inactive = None if inactive is None or idle is None else inactive + idle
     total += _norm(h, lay.norm_bias) if lay.final_norm else 0
     note = None
     if has_lm_head(spec):
@@ -292,16 +294,46 @@ def _language_only(spec: ModelSpec) -> Counts:
                                              "projector are not counted")
 
 
+def _mamba(spec: ModelSpec) -> Counts:
+    """Mamba-1 (MambaForCausalLM, FalconMambaForCausalLM): per layer an RMSNorm and the mixer's in_proj,
+    depthwise conv1d, x_proj, dt_proj, A_log, D and out_proj; Falcon-Mamba's inner norms hold no weights."""
+    c, h = spec.text_config, spec.hidden_size
+    inner = int(c.get("intermediate_size") or int(c.get("expand", 2)) * h)
+    state, kernel = int(c.get("state_size", 16)), int(c.get("conv_kernel", 4))
+    rank = c.get("time_step_rank", "auto")
+    rank = math.ceil(h / 16) if rank == "auto" else int(rank)
+    bias = bool(c.get("use_bias", False))
+    mixer = (_linear(h, 2 * inner, bias) + inner * kernel + (inner if c.get("use_conv_bias", True) else 0)
+             + _linear(inner, rank + 2 * state) + _linear(rank, inner, True) + inner * state + inner
+             + _linear(inner, h, bias))
+    total = spec.vocab_size * h + spec.num_layers * (h + mixer) + h
+    if has_lm_head(spec) and not spec.tie_word_embeddings:
+        total += spec.vocab_size * h
+    return Counts(total, note=None if has_lm_head(spec) else "backbone only (no lm_head)")
+
+
 _SPECIAL: dict[str, Callable[[ModelSpec], Counts]] = {
     "opt": _opt, "bert": _bert, "xlm-roberta": _bert, "roberta": _bert, "bart": _bart, "mbart": _bart,
     "t5": _t5, "mt5": _t5, "umt5": _t5, "llava": _llava, "qwen2_vl": _qwen2_vl,
     "internvl": _language_only, "phi3_v": _language_only, "qwen2_5_vl": _language_only, "gemma3": _language_only,
+    "mamba": _mamba, "falcon_mamba": _mamba,
 }
 
 
+_NEEDED = ("num_layers", "hidden_size", "vocab_size", "num_attention_heads", "num_kv_heads", "head_dim",
+           "intermediate_size")
+
+
 def count(spec: ModelSpec) -> Counts:
-    """Exact count for the families llmctl knows; UnsupportedModelError for the rest, and for configs that
-    lack a size the formula needs (no intermediate_size) or hold one of the wrong kind."""
+    """Exact count for the families llmctl knows; UnsupportedModelError for the rest, where a size is unknown,
+    and where one is of the wrong kind."""
+    needed = _NEEDED[:3] if spec.attention == "none" else _NEEDED  # attention-free: no heads to size
+    unknown = [name for name in needed if getattr(spec, name) is None]
+    learned_positions = ("opt", "bert", "xlm-roberta", "roberta", "bart", "mbart")  # their tables are counted
+    if spec.max_position_embeddings is None and spec.family in learned_positions:
+        unknown.append("max_position_embeddings")
+    if unknown:
+        raise UnsupportedModelError(f"no parameter count from config: {', '.join(unknown)} unknown")
     special = _SPECIAL.get(spec.family)
     try:
         return special(spec) if special is not None else _decoder(spec)

@@ -17,6 +17,9 @@ from llmctl.core.errors import UnsupportedModelError
 
 GENERATE = "generate"
 EMBED = "embed"
+CLASSIFY = "classify"  # cross-encoders and sequence classifiers (planned rows only so far)
+TASKS = (GENERATE, EMBED, CLASSIFY)
+KINDS = ("decoder-only", "moe", "hybrid", "attention-free", "multimodal", "encoder-only", "encoder-decoder")
 LEVELS = ("strict", "sensible", "runtime", "none")
 MODEL_IMPLS = ("auto", "native", "transformers")
 
@@ -42,6 +45,8 @@ class ArchInfo:
             raise ValueError(f"{self.architecture}: level must be one of {LEVELS}")
         if self.status == "planned" and self.level != "none":
             raise ValueError(f"{self.architecture}: a planned row cannot claim verification")
+        if not self.tasks or not set(self.tasks) <= set(TASKS) or self.kind not in KINDS:
+            raise ValueError(f"{self.architecture}: tasks must be among {TASKS} and kind one of {KINDS}")
 
 
 def _native(arch: str, family: str, module: str, level: str, tasks=(GENERATE,), **kw) -> ArchInfo:
@@ -52,18 +57,13 @@ def _planned(arch: str, family: str, tasks=(GENERATE,), **kw) -> ArchInfo:
     return ArchInfo(arch, family, tuple(tasks), **kw)
 
 
-_ROWS: tuple[ArchInfo, ...] = (
+# Native rows; the planned ones (every other architecture on the list) are in core/registry_planned.py.
+_NATIVE_ROWS: tuple[ArchInfo, ...] = (
     # Llama family (Llama, Llama 2, Llama 3/3.1/3.2, Yi, SmolLM2 all use LlamaForCausalLM)
     _native("LlamaForCausalLM", "llama", "llama", "strict"),
     _native("MistralForCausalLM", "llama", "llama", "strict"),
     _native("Qwen2ForCausalLM", "llama", "llama", "strict"),
     _native("Qwen3ForCausalLM", "llama", "llama", "strict"),
-    # Mixture of experts
-    _planned("MixtralForCausalLM", "mixtral", kind="moe"),
-    _planned("Qwen2MoeForCausalLM", "qwen2_moe", kind="moe"),
-    _planned("DeepseekForCausalLM", "deepseek", kind="moe", needs_remote_code=True),
-    _planned("DeepseekV2ForCausalLM", "deepseek_v2", kind="moe"),
-    _planned("DeepseekV3ForCausalLM", "deepseek_v3", kind="moe"),
     # Dense decoders
     _native("GemmaForCausalLM", "gemma", "gemma", "strict"),
     _native("Gemma2ForCausalLM", "gemma2", "gemma", "strict"),
@@ -78,49 +78,66 @@ _ROWS: tuple[ArchInfo, ...] = (
     _native("MptForCausalLM", "mpt", "mpt", "strict"),  # the spelling transformers writes when it saves
     _native("PhiForCausalLM", "phi", "phi", "strict"),
     _native("Phi3ForCausalLM", "phi3", "phi3", "strict"),
-    _planned("BaichuanForCausalLM", "baichuan", needs_remote_code=True),
-    _planned("InternLMForCausalLM", "internlm", needs_remote_code=True),
-    _planned("InternLM2ForCausalLM", "internlm2", needs_remote_code=True),
-    _planned("ChatGLMModel", "chatglm", needs_remote_code=True),
-    _planned("ChatGLMForConditionalGeneration", "chatglm", needs_remote_code=True),
     # Embedding models
     _native("BertModel", "bert", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
     _native("XLMRobertaModel", "xlm_roberta", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
     _native("MistralModel", "llama", "llama_embed", "strict", tasks=(EMBED,)),
     _native("LlamaModel", "llama", "llama_embed", "strict", tasks=(EMBED,)),
     _native("Qwen3Model", "llama", "llama_embed", "strict", tasks=(EMBED,)),
-    # Multimodal
-    _planned("LlavaForConditionalGeneration", "llava", kind="multimodal"),
-    _planned("Qwen2VLForConditionalGeneration", "qwen2_vl", kind="multimodal"),
-    _planned("InternVLChatModel", "internvl", kind="multimodal", needs_remote_code=True),
-    _planned("Phi3VForCausalLM", "phi3_v", kind="multimodal", needs_remote_code=True),
-    # Encoder-decoder
-    _planned("BartForConditionalGeneration", "bart", kind="encoder-decoder"),
-    _planned("T5ForConditionalGeneration", "t5", kind="encoder-decoder"),
 )
 
-REGISTRY: dict[str, ArchInfo] = {row.architecture: row for row in _ROWS}
 
-# Architectures run through the transformers backend, at the level its tests show (the same LEVELS);
-# tests/models/test_transformers_backend.py lists the strict ones in CONSISTENCY_ARCHITECTURES.
-TRANSFORMERS_VERIFIED: dict[str, str] = {"Starcoder2ForCausalLM": "strict", "MixtralForCausalLM": "strict"}
+def _planned_rows() -> list[ArchInfo]:
+    from llmctl.core.registry_planned import PLANNED
+
+    rows = []
+    for line in PLANNED.strip().splitlines():
+        arch, family, tasks, kind, *flags = line.split()
+        rows.append(_planned(arch, family, tasks=tasks.split("+"), kind=kind, needs_remote_code="remote" in flags))
+    return rows
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, ArchInfo]:
+    """architecture -> row, native rows first; built on first use so importing the registry stays instant."""
+    table: dict[str, ArchInfo] = {}
+    for row in (*_NATIVE_ROWS, *_planned_rows()):
+        if row.architecture in table:
+            raise ValueError(f"{row.architecture} has two registry rows")
+        table[row.architecture] = row
+    return table
+
+
+# Architectures run through the transformers backend, at the level its tests show (the same LEVELS): strict
+# where tests/models/test_check_truth.py (tiny checkpoints of tests/models/backend_cases.py) or
+# test_transformers_backend.py holds greedy tokens and top-5 logprobs to transformers'. Others: "none".
+TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
+    "AfmoeForCausalLM", "ApertusForCausalLM", "ArceeForCausalLM", "Cohere2ForCausalLM", "CohereForCausalLM",
+    "CwmForCausalLM", "DbrxForCausalLM", "Dots1ForCausalLM", "Ernie4_5ForCausalLM", "Ernie4_5_MoeForCausalLM",
+    "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM", "Glm4ForCausalLM",
+    "Glm4MoeForCausalLM", "GlmForCausalLM", "GraniteForCausalLM", "GraniteMoeForCausalLM",
+    "GraniteMoeSharedForCausalLM", "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM",
+    "MiniCPM3ForCausalLM", "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo2ForCausalLM",
+    "Olmo3ForCausalLM", "OlmoForCausalLM", "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM", "SeedOssForCausalLM", "SmolLM3ForCausalLM", "Starcoder2ForCausalLM",
+), "strict")  # fmt: skip
 
 
 def all_architectures() -> list[ArchInfo]:
-    return list(_ROWS)
+    return list(_registry().values())
 
 
 def lookup(architecture: str) -> ArchInfo | None:
-    return REGISTRY.get(architecture)
+    return _registry().get(architecture)
 
 
 def get_arch(architecture: str) -> ArchInfo:
     """The row for `architecture`, or an error naming what is supported and the nearest match."""
-    row = REGISTRY.get(architecture)
+    row = lookup(architecture)
     if row is not None:
         return row
-    native = sorted(r.architecture for r in _ROWS if r.status == "native")
-    near = difflib.get_close_matches(architecture, list(REGISTRY), n=1)
+    native = sorted(r.architecture for r in _NATIVE_ROWS)
+    near = difflib.get_close_matches(architecture, list(_registry()), n=1)
     hint = f"nearest known architecture: {near[0]}; " if near else ""
     raise UnsupportedModelError(
         f"architecture {architecture!r} is not in llmctl's registry",
@@ -129,7 +146,7 @@ def get_arch(architecture: str) -> ArchInfo:
 
 
 def nearest_native(architecture: str) -> str | None:
-    native = [r.architecture for r in _ROWS if r.status == "native"]
+    native = [r.architecture for r in _NATIVE_ROWS]
     near = difflib.get_close_matches(architecture, native, n=1, cutoff=0.5)
     return near[0] if near else None
 
@@ -189,11 +206,15 @@ def _modeling_source(architecture: str, model_type: str | None) -> str:
     return ""
 
 
-def transformers_backend_blocker(architecture: str, model_type: str | None = None) -> str | None:
+def transformers_backend_blocker(
+    architecture: str, model_type: str | None = None, config: dict | None = None
+) -> str | None:
     """Why the transformers backend cannot run `architecture`, or None when it can (source text only, no import).
 
-    It can when transformers builds the class as a causal LM and the class routes attention through
-    transformers' AttentionInterface (`_supports_attention_backend = True`), where llmctl's attention plugs in.
+    It can when transformers builds the class as a causal LM, the class routes attention through
+    transformers' AttentionInterface (`_supports_attention_backend = True`), where llmctl's attention plugs in,
+    and nothing in its layers needs what llmctl's attention and KV cache lack (core/backend_features.py;
+    `config`, the config.json dict, says which layers the model builds).
     """
     if _transformers_models_dir() is None:
         return "transformers is not installed"
@@ -207,7 +228,9 @@ def transformers_backend_blocker(architecture: str, model_type: str | None = Non
             f"transformers' {architecture} does not route attention through its attention interface, "
             "so llmctl's paged attention cannot serve it"
         )
-    return None
+    from llmctl.core.backend_features import static_blocker
+
+    return static_blocker(source, architecture, config)
 
 
 def implementation_for(
@@ -218,6 +241,7 @@ def implementation_for(
     task: str = GENERATE,
     remote_code: bool = False,
     trust_remote_code: bool = False,
+    config: dict | None = None,
 ) -> str:
     """"native" or "transformers": which implementation runs `architecture` for model_impl auto | native | transformers.
 
@@ -229,7 +253,7 @@ def implementation_for(
         raise UnsupportedModelError(
             f"model_impl={model_impl!r} is not available", hint=f"use one of {', '.join(MODEL_IMPLS)}"
         )
-    row = REGISTRY.get(architecture)
+    row = lookup(architecture)
     if row is not None and task not in row.tasks:
         raise UnsupportedModelError(
             f"{architecture} supports task(s) {', '.join(row.tasks)}, not {task}",
@@ -238,7 +262,7 @@ def implementation_for(
     if row is not None and row.status == "native" and model_impl != "transformers":
         return "native"
     if model_impl == "native":
-        can = not remote_code and transformers_backend_blocker(architecture, model_type) is None
+        can = not remote_code and transformers_backend_blocker(architecture, model_type, config) is None
         raise UnsupportedModelError(
             f"{architecture} has no native model definition in llmctl",
             hint="model_impl='auto' or 'transformers' runs it through the transformers backend" if can else None,
@@ -252,13 +276,16 @@ def implementation_for(
             f"{architecture} needs code from its repo",
             hint="pass trust_remote_code=True (--trust-remote-code) if you trust it",
         )
-    blocker = transformers_backend_blocker(architecture, model_type)
+    blocker = transformers_backend_blocker(architecture, model_type, config)
     if blocker is not None:
         if model_impl == "transformers":
-            raise UnsupportedModelError(f"{architecture} cannot run through the transformers backend", hint=blocker)
-        if row is None:
+            raise UnsupportedModelError(f"{architecture} cannot run through the transformers backend: {blocker}")
+        if row is None and not transformers_has(architecture):
             get_arch(architecture)  # raises the registry's error: what is native, the nearest match
-        raise UnsupportedModelError(f"{architecture} has no native model definition in llmctl yet", hint=blocker)
+        raise UnsupportedModelError(
+            f"{architecture} has no native model definition in llmctl yet, and the transformers backend "
+            f"cannot run it: {blocker}"
+        )
     return "transformers"
 
 

@@ -26,8 +26,10 @@ _CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja", "*/*.
 
 
 def parse_json_bytes(raw: bytes, where: str) -> dict[str, Any]:
+    """A model file's JSON object. NaN and Infinity are read as Python's json writes them: transformers saves
+    Mamba-2's time_step_limit as [0.0, Infinity]; the config check refuses a non-finite size."""
     try:
-        data = loads_json(raw)
+        data = loads_json(raw, allow_constants=True)
     except JSONInputError as err:
         raise ModelReadError(f"{where} is not valid JSON: {err}") from None
     if not isinstance(data, dict):

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmctl.core.config_classes import config_class_facts
 from llmctl.core.config_keys import (
     DEFAULTS,
+    SizeReader,
+    aliased,
     ENCODER_DECODER_TYPES,
     ENCODER_TYPES,
     INFERABLE_ARCHITECTURES,
@@ -18,9 +21,10 @@ from llmctl.core.config_keys import (
     read_rope,
     with_defaults,
 )
-from llmctl.core.config_check import validate_config
+from llmctl.core.config_check import family_is_read, validate_config
 from llmctl.core.errors import ModelReadError
 from llmctl.core.values import as_int, is_finite_number
+from llmctl.core.layer_plan import LayerPlan, layer_plan, layer_types
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +32,7 @@ class MoESpec:
     """Mixture-of-experts layout. Which layers are sparse follows the checkpoint's own rule."""
 
     num_experts: int
-    experts_per_token: int
+    experts_per_token: int | None  # None: the config names no top-k llmctl can read
     num_shared_experts: int = 0
     moe_intermediate_size: int = 0
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE sizes its one shared expert separately
@@ -38,7 +42,8 @@ class MoESpec:
     dense_layers: tuple[int, ...] = ()  # Qwen2-MoE mlp_only_layers
 
     def __post_init__(self) -> None:
-        if self.num_experts < 1 or not 1 <= self.experts_per_token <= self.num_experts:
+        per_token = self.experts_per_token
+        if self.num_experts < 1 or (per_token is not None and not 1 <= per_token <= self.num_experts):
             raise ModelReadError(
                 f"bad MoE config: {self.experts_per_token} experts per token of {self.num_experts} experts"
             )
@@ -62,7 +67,11 @@ class MLASpec:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """What a model is, read from its config files only (no weights, no torch)."""
+    """What a model is, read from its config files only (no weights, no torch).
+
+    A size the config does not give in a form llmctl reads (an unfamiliar family's keys, a size that varies per
+    layer) is None and named in `unknown`; attention-free models have no heads (None) and attention "none".
+    """
 
     architecture: str
     model_type: str
@@ -71,16 +80,16 @@ class ModelSpec:
     kind: str  # "decoder-only" | "encoder-only" | "encoder-decoder"
     is_moe: bool
     is_multimodal: bool
-    num_layers: int
-    hidden_size: int
+    num_layers: int | None
+    hidden_size: int | None
     intermediate_size: int | None
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
+    num_attention_heads: int | None
+    num_kv_heads: int | None
+    head_dim: int | None
+    vocab_size: int | None
     max_position_embeddings: int | None
-    attention: str  # "MHA" | "GQA" | "MQA" | "MLA"
-    position_embedding: str  # "rope" | "learned" | "alibi" | "relative"
+    attention: str | None  # "MHA" | "GQA" | "MQA" | "MLA" | "none" (attention-free); None when unknown
+    position_embedding: str  # "rope" | "learned" | "alibi" | "relative" | "none" (attention-free)
     rope_type: str | None
     rope_theta: float | None
     rope_scaling: dict | None
@@ -99,6 +108,8 @@ class ModelSpec:
     num_decoder_layers: int | None = None  # encoder-decoder models
     architectures: tuple[str, ...] = ()
     architecture_inferred: bool = False  # config.json had no `architectures`; taken from model_type
+    layer_plan: LayerPlan | None = None  # hybrid / attention-free layouts; None: every layer is attention
+    unknown: tuple[str, ...] = ()  # fields the config did not give in a form llmctl reads (left None)
     notes: tuple[str, ...] = ()
     generation_config: dict | None = field(default=None, compare=False, repr=False)
     tokenizer_config: dict | None = field(default=None, compare=False, repr=False)
@@ -106,11 +117,14 @@ class ModelSpec:
     config: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        may_be_none = self.unknown + (_NO_ATTENTION_FIELDS if self.attention == "none" else ())
         for name in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size"):
             value = getattr(self, name)
+            if value is None and name in may_be_none:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ModelReadError(f"config.json: {name} must be a positive integer, got {value!r}")
-        if self.num_attention_heads % self.num_kv_heads:
+        if self.num_attention_heads and self.num_kv_heads and self.num_attention_heads % self.num_kv_heads:
             raise ModelReadError(
                 f"config.json: {self.num_attention_heads} attention heads do not split into "
                 f"{self.num_kv_heads} key/value heads"
@@ -123,6 +137,9 @@ class ModelSpec:
     @property
     def is_embedding_model(self) -> bool:
         return self.pooling is not None
+
+
+_NO_ATTENTION_FIELDS = ("num_attention_heads", "num_kv_heads", "head_dim")
 
 
 def _int(value: Any, key: str) -> int | None:
@@ -181,46 +198,62 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
     text_arch = (text.get("architectures") or [""])[0] if text is not config else architecture
     fam_text = family_of(text_type, text_arch) if text is not config else family
     cfg = with_defaults(text, DEFAULTS.get(text_type, DEFAULTS.get(fam_text, {})))
+    facts = config_class_facts(text_type)  # the family's own key names and defaults, from transformers' source
+    cfg = aliased(with_defaults(cfg, facts.defaults), facts.attribute_map)
     if model_type == "RefinedWeb" and "new_decoder_architecture" not in text:  # tiiuae/falcon-40b (remote code)
         cfg["new_decoder_architecture"] = True
 
-    hidden = _int(first(cfg, "hidden_size", "n_embd", "d_model"), "hidden_size")
-    layers = _int(first(cfg, "num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers"), "num_layers")
-    heads = _int(first(cfg, "num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads"),
-                 "num_attention_heads")
-    missing = [n for n, v in (("hidden_size", hidden), ("num_hidden_layers", layers), ("num_attention_heads", heads))
-               if v is None]
-    if missing:
-        raise ModelReadError(f"config.json lacks {', '.join(missing)} (model_type {model_type or '?'})")
-
-    kv_heads = _kv_heads(cfg, fam_text, heads)
+    read = SizeReader(cfg)
+    hidden = read.size("hidden_size", "hidden_size", "n_embd", "d_model")
+    layers = read.size("num_layers", "num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers",
+                       "num_encoder_layers", "decoder_layers")  # the last two: ProphetNet, TrOCR's decoder
+    if layers is None and "num_layers" not in read.varying and layer_types(cfg):
+        layers = len(layer_types(cfg))  # NemotronH: the layer count is the length of its block pattern
+    plan = layer_plan(cfg, text_type, layers)
     mla = None
-    if cfg.get("kv_lora_rank"):
-        mla = MLASpec(
-            kv_lora_rank=int(cfg["kv_lora_rank"]),
-            q_lora_rank=_int(cfg.get("q_lora_rank"), "q_lora_rank"),
-            qk_nope_head_dim=int(first(cfg, "qk_nope_head_dim") or 128),
-            qk_rope_head_dim=int(first(cfg, "qk_rope_head_dim") or 64),
-            v_head_dim=int(first(cfg, "v_head_dim") or 128),
-        )
-        head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
-        attention = "MLA"
+    if plan is not None and plan.is_attention_free:  # Mamba: no heads at all (Mamba-2's num_heads are SSM heads)
+        heads = kv_heads = head_dim = None
+        attention = "none"
     else:
-        head_dim = _int(first(cfg, "head_dim", "kv_channels", "d_kv"), "head_dim") or hidden // heads
-        attention = "MHA" if kv_heads == heads else "MQA" if kv_heads == 1 else "GQA"
+        heads = read.size("num_attention_heads", "num_attention_heads", "n_head", "n_heads", "num_heads",
+                          "encoder_attention_heads", "num_encoder_attention_heads", "decoder_attention_heads")
+        kv_heads = _kv_heads(cfg, fam_text, heads, read)
+        if cfg.get("kv_lora_rank"):
+            mla = MLASpec(
+                kv_lora_rank=read.size("kv_lora_rank"),
+                q_lora_rank=read.size("q_lora_rank"),
+                qk_nope_head_dim=read.size("qk_nope_head_dim") or 128,
+                qk_rope_head_dim=read.size("qk_rope_head_dim") or 64,
+                v_head_dim=read.size("v_head_dim") or 128,
+            )
+            head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+            attention = "MLA"
+        else:
+            head_dim = read.size("head_dim", "head_dim", "kv_channels", "d_kv", "attention_head_dim")
+            if head_dim is None and "head_dim" not in read.varying and hidden and heads:
+                head_dim = hidden // heads
+            attention = (None if heads is None or kv_heads is None
+                         else "MHA" if kv_heads == heads else "MQA" if kv_heads == 1 else "GQA")
 
-    moe = _moe(cfg)
-    intermediate = _intermediate(cfg, fam_text, hidden)
+    moe = _moe(cfg, read)
+    intermediate = _intermediate(cfg, fam_text, hidden, read)
     position, rope_type, rope_theta, rope_scaling, partial = read_rope(cfg, fam_text, head_dim)
-    rotary = int(head_dim * partial) if attention != "MLA" else 0
-    if position == "rope" and rotary % 2:  # transformers refuses it too ("RoPE requires an even rotary dimension")
+    if attention == "none":  # no attention, so no positions to encode (Mamba's recurrence orders tokens)
+        position, rope_type, rope_theta, rope_scaling, partial = "none", None, None, None, 1.0
+    rotary = int(head_dim * partial) if attention not in ("MLA", "none") and head_dim else 0
+    # transformers refuses an odd rotary dimension too ("RoPE requires an even rotary dimension"); judged only
+    # for the families whose config llmctl reads: elsewhere the head size or the rope itself may be a guess
+    # (GLM-4-MoE sets its head size in its config class; Reformer has no rope)
+    if position == "rope" and rotary % 2 and family_is_read(cfg):
         raise ModelReadError(f"config.json: the rotary dimension {rotary} (head_dim {head_dim} x {partial:g}) is odd: "
                              "rotary embeddings turn pairs of channels")
     sliding = cfg.get("sliding_window")
     if cfg.get("use_sliding_window") is False or not sliding:
         sliding = None
-    elif cfg.get("layer_types") and "full_attention" in cfg["layer_types"]:
-        notes.append(f"sliding window of {sliding} on some layers only (interleaved with full attention)")
+    else:
+        sliding = read.size("sliding_window")
+        if sliding and cfg.get("layer_types") and "full_attention" in cfg["layer_types"]:
+            notes.append(f"sliding window of {sliding} on some layers only (interleaved with full attention)")
 
     kind = ("encoder-decoder" if fam_text in ENCODER_DECODER_TYPES or config.get("is_encoder_decoder")
             else "encoder-only" if fam_text in ENCODER_TYPES else "decoder-only")
@@ -228,11 +261,20 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
                                                                       "vision_tower", "mm_vision_tower"))
     if is_multimodal:
         notes.append(f"multimodal: the language part is a {text_type or fam_text} model")
-    vocab = _int(first(cfg, "padded_vocab_size", "vocab_size", "n_vocab"), "vocab_size")
-    if vocab is None:
-        raise ModelReadError("config.json lacks vocab_size")
-    max_pos = _int(first(cfg, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
-                         "model_max_length", "max_sequence_length"), "max_position_embeddings")
+    vocab = read.size("vocab_size", "padded_vocab_size", "vocab_size", "n_vocab")
+    max_pos = read.size("max_position_embeddings", "max_position_embeddings", "n_positions", "max_seq_len",
+                        "seq_length", "model_max_length", "max_sequence_length")
+    values = {"num_layers": layers, "hidden_size": hidden, "num_attention_heads": heads, "num_kv_heads": kv_heads,
+              "head_dim": head_dim, "vocab_size": vocab}
+    unknown = tuple(name for name, value in values.items()
+                    if value is None and not (attention == "none" and name in _NO_ATTENTION_FIELDS))
+    notes.extend(dict.fromkeys(read.notes))  # a size read twice is said once
+    if unknown:
+        notes.append(f"config.json does not give {', '.join(unknown)} in a form llmctl reads "
+                     f"(model_type {text_type or '?'}): left unknown, with what depends on them")
+    if plan is not None and layers:
+        notes.append(plan.describe(layers) if attention != "none" else
+                     f"attention-free: {layers} {next(iter(plan.state_layers))} layers, no KV cache")
 
     modules = extra.get("modules") or []
     pool_cfg = extra.get("pooling_config") or {}
@@ -242,6 +284,8 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
         architecture=architecture,
         architectures=architectures,
         architecture_inferred=inferred,
+        layer_plan=plan,
+        unknown=unknown,
         model_type=model_type,
         family=family,
         text_family=fam_text,
@@ -264,7 +308,7 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         partial_rotary_factor=partial,
-        sliding_window=_int(sliding, "sliding_window"),
+        sliding_window=sliding,
         norm=norm_of(cfg, fam_text),
         activation=_activation(cfg),
         tie_word_embeddings=bool(first(config, "tie_word_embeddings") if "tie_word_embeddings" in config
@@ -284,7 +328,9 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
     )
 
 
-def _kv_heads(cfg: dict, family: str, heads: int) -> int:
+def _kv_heads(cfg: dict, family: str, heads: int | None, read: SizeReader) -> int | None:
+    if heads is None:
+        return None
     if family == "falcon":  # tiiuae/falcon-7b: multi_query; falcon-40b: new_decoder_architecture + num_kv_heads
         if cfg.get("new_decoder_architecture"):
             return int(first(cfg, "num_kv_heads", "n_head_kv") or heads)
@@ -295,13 +341,15 @@ def _kv_heads(cfg: dict, family: str, heads: int) -> int:
         return int((cfg.get("attn_config") or {}).get("kv_n_heads") or heads)
     if cfg.get("multi_query") is True:  # gpt_bigcode
         return 1
-    return int(first(cfg, "num_key_value_heads", "num_kv_heads", "n_head_kv") or heads)
+    kv = read.size("num_kv_heads", "num_key_value_heads", "num_kv_heads", "n_head_kv")
+    return None if kv is None and "num_kv_heads" in read.varying else kv or heads
 
 
-def _intermediate(cfg: dict, family: str, hidden: int) -> int | None:
-    value = first(cfg, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "d_ff", "encoder_ffn_dim")
-    if value is not None:
-        return _int(value, "intermediate_size")
+def _intermediate(cfg: dict, family: str, hidden: int | None, read: SizeReader) -> int | None:
+    keys = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "d_ff", "encoder_ffn_dim")
+    value = read.size("intermediate_size", *keys, *(("hidden_dim",) if family == "distilbert" else ()))
+    if value is not None or "intermediate_size" in read.varying or hidden is None:
+        return value
     if family == "mpt":
         return int(cfg.get("expansion_ratio", 4) * hidden)
     if family in ("gpt2", "gptj", "bloom", "falcon", "gpt_neox"):
@@ -309,25 +357,34 @@ def _intermediate(cfg: dict, family: str, hidden: int) -> int | None:
     return None
 
 
-def _moe(cfg: dict) -> MoESpec | None:
-    experts = first(cfg, "num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts")
+def _moe(cfg: dict, read: SizeReader) -> MoESpec | None:
+    experts = read.size("num_experts", "num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts")
     if not experts:
         return None
-    per_token = first(cfg, "num_experts_per_tok", "num_experts_per_token", "moe_top_k", "top_k")
-    if not per_token:
-        raise ModelReadError("config.json: an MoE model needs num_experts_per_tok")
+    per_token = read.size("experts_per_token", "num_experts_per_tok", "num_experts_per_token", "moe_top_k", "top_k",
+                          "moe_k", "moe_topk")
+    if per_token is None:
+        read.notes.append("MoE: the config names no experts-per-token count llmctl reads; active parameters unknown")
     qwen_style = "decoder_sparse_step" in cfg or "shared_expert_intermediate_size" in cfg
-    shared_size = int(cfg.get("shared_expert_intermediate_size") or 0)
+    shared_size = read.size("shared_expert_intermediate_size") or 0
+    freq = read.size("layer_freq", "decoder_sparse_step", "moe_layer_freq", "expert_layer_period") or 1
+    offset = 1 if qwen_style else 0
+    if "expert_layer_period" in cfg:  # Jamba: experts on layers where i % period == expert_layer_offset
+        offset = (freq - (read.size("expert_layer_offset") or 0)) % freq
+    types = [str(t).lower() for t in layer_types(cfg) or ()]
+    dense = tuple(v for v in cfg.get("mlp_only_layers") or () if isinstance(v, int))
+    if "moe" in types:  # NemotronH: the layer pattern names its MoE layers
+        dense = tuple(i for i, t in enumerate(types) if t != "moe")
     return MoESpec(
-        num_experts=int(experts),
-        experts_per_token=int(per_token),
-        num_shared_experts=int(cfg.get("n_shared_experts") or (1 if shared_size else 0)),
-        moe_intermediate_size=int(first(cfg, "moe_intermediate_size") or cfg.get("intermediate_size") or 0),
+        num_experts=experts,
+        experts_per_token=per_token,
+        num_shared_experts=read.size("n_shared_experts") or (1 if shared_size else 0),
+        moe_intermediate_size=read.size("moe_intermediate_size") or read.size("intermediate_size") or 0,
         shared_expert_intermediate_size=shared_size,
-        first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
-        layer_freq=int(first(cfg, "decoder_sparse_step", "moe_layer_freq") or 1),
-        freq_offset=1 if qwen_style else 0,
-        dense_layers=tuple(cfg.get("mlp_only_layers") or ()),
+        first_dense_layers=read.size("first_dense_layers", "first_k_dense_replace", "moe_layer_start_index") or 0,
+        layer_freq=freq,
+        freq_offset=offset,
+        dense_layers=dense,
     )
 
 

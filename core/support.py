@@ -105,11 +105,11 @@ def verdict(
         implementation = "native"
         supported = True
     else:
-        blocker = None if remote else transformers_backend_blocker(spec.architecture, spec.model_type)
+        blocker = None if remote else transformers_backend_blocker(spec.architecture, spec.model_type, spec.config)
         if (remote and trust_remote_code) or (not remote and blocker is None):
             implementation, supported = "transformers", True
             note = REMOTE_NOTE if remote else TRANSFORMERS_NOTE
-            tasks = tasks or ["generate"]
+            tasks = ["generate"]  # the backend runs text generation only, whatever else a planned row lists
             level = TRANSFORMERS_VERIFIED.get(spec.architecture, "none")
         else:
             implementation, supported = "none", False
@@ -182,16 +182,17 @@ def memory_estimate(spec, quant, max_model_len, gpu_memory_gib, param_count, kv_
         weights = weight_bytes(param_count.total - linear, dtype) + int(weight_bytes(linear, dtype) * quant.size_vs_bf16)
     # GGUF weights are dequantised at load: in memory they take the run dtype, as counted above.
     context = max_model_len or spec.max_position_embeddings
-    kv = (kv_bytes_per_token or 0) * (context or 0)
+    # an unknown per-token KV size (a config llmctl cannot fully read) leaves the cache and the fit unknown
+    kv = None if kv_bytes_per_token is None else kv_bytes_per_token * (context or 0)
     memory: dict[str, Any] = {
         "weight_bytes": weights,
         "weight_dtype": dtype if quant is None or quant.method == "gguf" else quant.method,
         "max_model_len": context,
         "kv_cache_bytes_per_token": kv_bytes_per_token,
         "kv_cache_bytes": kv,
-        "total_bytes": weights + kv,
+        "total_bytes": None if kv is None else weights + kv,
     }
     if gpu_memory_gib is not None:
         memory["gpu_memory_bytes"] = int(gpu_memory_gib * GIB)
-        memory["fits"] = weights + kv <= gpu_memory_gib * GIB
+        memory["fits"] = None if kv is None else weights + kv <= gpu_memory_gib * GIB
     return memory

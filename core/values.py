@@ -23,8 +23,9 @@ def _no_constants(name: str) -> Any:
     raise JSONInputError(f"{name} is not a JSON number")
 
 
-def loads_json(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """json.loads that never recurses out of the stack, refuses NaN/Infinity and deep nesting.
+def loads_json(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, allow_constants: bool = False) -> Any:
+    """json.loads that never recurses out of the stack, refuses deep nesting and (unless allow_constants)
+    NaN/Infinity.
 
     Raises JSONInputError with a one-line reason (bytes that are not UTF-8 included).
     """
@@ -34,7 +35,7 @@ def loads_json(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         except UnicodeDecodeError as err:
             raise JSONInputError(f"not valid UTF-8 (byte {err.start})") from None
     try:
-        value = json.loads(text, parse_constant=_no_constants)
+        value = json.loads(text, parse_constant=None if allow_constants else _no_constants)
     except RecursionError:  # json's C scanner stops at the interpreter's recursion limit
         raise JSONInputError(f"nested too deep (at most {max_depth} levels)") from None
     except json.JSONDecodeError as err:

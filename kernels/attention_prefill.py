@@ -179,6 +179,7 @@ def _attn_prefill_kernel(
     alibi_ptr,
     # sizes and options
     num_seqs,
+    num_heads,
     num_queries_per_kv,
     qk_scale,
     softcap2,
@@ -214,7 +215,10 @@ def _attn_prefill_kernel(
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Flash-attention over a packed varlen batch; grid (num_heads, T // BLOCK_M + num_seqs).
+    """Flash-attention over a packed varlen batch; grid (num_heads * num_tiles,), num_tiles = T // BLOCK_M + num_seqs.
+
+    One flat axis, heads fastest (program p: head p % num_heads of tile p // num_heads): the launch order of a
+    (num_heads, num_tiles) grid, without its 65,535 limit on the second axis (a T of 8.4M at BLOCK_M 128).
 
     q, o (T, nh, hd); query_start_loc (num_seqs + 1,); sequence i's queries are its last q_len positions.
     PAGED: kc/vc (num_blocks, PAGE_SIZE, nkv, hd) halves of the cache, seq_lens (num_seqs,), block_tables
@@ -222,8 +226,9 @@ def _attn_prefill_kernel(
     table. NEW_KV: k/v (T, nkv, hd) packed like q hold the batch's own keys (without PAGED, every sequence starts
     at position 0). Softmax in base 2 and float32: qk_scale = scale * log2(e), softcap2 = softcap * log2(e).
     """
-    head = tl.program_id(0)
-    tile = tl.num_programs(1) - 1 - tl.program_id(1)  # last tiles first: under CAUSAL they are the longest
+    pid = tl.program_id(0)
+    head = pid % num_heads
+    tile = tl.num_programs(0) // num_heads - 1 - pid // num_heads  # last tiles first: under CAUSAL they are the longest
     seq = _find_seq(query_start_loc_ptr, tile, num_seqs, BLOCK_M)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
@@ -312,12 +317,12 @@ def prefill_attention(
         k, v = kc, vc  # unused pointers
     cache_strides = (*kc.stride()[:3], *vc.stride()[:3]) if paged else (0,) * 6
     new_strides = (k.stride(0), k.stride(1), v.stride(0), v.stride(1)) if new_kv else (0,) * 4
-    grid = (num_heads, q.shape[0] // cfg.block_m + num_seqs)
+    grid = (num_heads * (q.shape[0] // cfg.block_m + num_seqs),)
     _attn_prefill_kernel[grid](
         q, k, v, kc, vc, out, query_start_loc,
         seq_lens if paged else query_start_loc,  # unused without PAGED: any pointer will do
         block_tables if paged else query_start_loc,
-        opts["alibi"], num_seqs, num_heads // k.shape[-2], opts["scale"] * _LOG2E, opts["softcap"] * _LOG2E,
+        opts["alibi"], num_seqs, num_heads, num_heads // k.shape[-2], opts["scale"] * _LOG2E, opts["softcap"] * _LOG2E,
         opts["window"], q.stride(0), q.stride(1), out.stride(0), out.stride(1), *new_strides, *cache_strides,
         block_tables.stride(0) if paged else 0,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,

@@ -15,11 +15,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
 import importlib
+import inspect
+import sys
 
 import torch
 from torch import nn
 
+from llmctl.core import backend_features as features
+from llmctl.core.backend_features import NO_BASE_REASON
 from llmctl.core.errors import UnsupportedModelError
 from llmctl.kernels.dispatch import get_op
 from llmctl.model_defs.layers.context import ForwardContext
@@ -110,12 +115,70 @@ def _text_config(config):
 
 
 def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim) from the (text) config; head_dim keys win over hidden / heads."""
+    """(num_layers, num_kv_heads, head_dim) from the (text) config; head size keys win over hidden / heads."""
     text = _text_config(config)
     num_heads = text.num_attention_heads
     num_kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    # MLA families (DeepSeek-V2/V3, MiniCPM3) attend with query/key heads of nope + rope channels, while their
+    # config's head_dim names the rope part only.
+    nope, rope = getattr(text, "qk_nope_head_dim", None), getattr(text, "qk_rope_head_dim", None)
+    head_dim = (
+        getattr(text, "qk_head_dim", None) or (nope + rope if nope and rope else None)
+        or getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    )  # fmt: skip
     return text.num_hidden_layers, num_kv_heads, head_dim
+
+
+def backend_blocker(hf) -> str | None:
+    """Why the built transformers model `hf` would not run correctly here, or None (core/backend_features.py's rules).
+
+    Read from what was built: the cache layer kinds transformers itself would allocate for it, then every
+    module below the model classes: a causal Conv1d over the sequence or a layer class whose code keeps
+    conv / SSM / recurrent state, attention sinks, a value head size unlike the query's, a forward that
+    reads the attention mask.
+    """
+    from transformers import PreTrainedModel
+
+    types = _cache_layer_types(_text_config(hf.config))
+    found: dict[str, set[str]] = {"state": set(), "mask": set(), "sinks": set()}
+    value_head = None
+    modules = dict(hf.named_modules())
+    for name, module in modules.items():
+        if isinstance(module, PreTrainedModel):
+            continue
+        if isinstance(module, nn.Conv1d):  # a causal convolution over the tokens: its window is state
+            found["state"].add(type(modules[name.rpartition(".")[0]]).__name__)
+        if isinstance(getattr(module, "sinks", None), torch.Tensor):
+            found["sinks"].add(type(module).__name__)
+        for feature, classes in _module_features(type(module).__module__).items():
+            found[feature] |= classes & {type(module).__name__}
+        query = getattr(module, "qk_head_dim", None) or getattr(module, "head_dim", None)
+        value_head = value_head or features.value_head_reason(getattr(module, "v_head_dim", None), query)
+    layers = features.layer_types_blocker(types) if types else None
+    return features.joined(layers, features.features_blocker(found, None), value_head)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_features(module_name: str) -> dict[str, set[str]]:
+    """class_features of a whole modeling module (read and parsed once per module)."""
+    if module_name.startswith("torch."):  # torch's own layers: Conv1d is judged by where it sits
+        return {}
+    try:
+        source = inspect.getsource(sys.modules[module_name])
+    except (OSError, TypeError, KeyError):  # built-in or generated modules: nothing to read
+        return {}
+    return features.class_features(source)
+
+
+def _cache_layer_types(config) -> list[str] | None:
+    """The per-layer cache kinds transformers would allocate for `config` (its own reading of the layout)."""
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        types, _ = get_layer_types_and_kwargs(config)
+    except Exception:  # older transformers, or a config its helper cannot read: the module tree still decides
+        return features.layer_types(config.to_dict())
+    return list(types)
 
 
 class TransformersForCausalLM(nn.Module):
@@ -155,17 +218,19 @@ class TransformersForCausalLM(nn.Module):
                 f"transformers' {type(hf).__name__} does not route attention through its AttentionInterface, "
                 "so llmctl's paged attention cannot serve it"
             )
+        base = hf.base_model_prefix if hasattr(hf, hf.base_model_prefix) else None
+        head = next((name for name, child in hf.named_children() if child is hf.get_output_embeddings()), None)
+        reason = features.joined(
+            backend_blocker(hf), NO_BASE_REASON.format(architecture=type(hf).__name__) if None in (base, head) else None
+        )
+        if reason is not None:
+            raise UnsupportedModelError(f"{type(hf).__name__} cannot run through the transformers backend: {reason}")
         self.config = hf.config
         self.architecture = type(hf).__name__
         self.base_model_prefix = hf.base_model_prefix
         for name, child in hf.named_children():
             self.add_module(name, child)
-        self._base_name = hf.base_model_prefix if hasattr(hf, hf.base_model_prefix) else None
-        self._head_name = next(
-            (name for name, child in hf.named_children() if child is hf.get_output_embeddings()), None
-        )
-        if self._base_name is None or self._head_name is None:
-            raise UnsupportedModelError(f"{type(hf).__name__} has no base model / output embedding llmctl can drive")
+        self._base_name, self._head_name = base, head
         text = _text_config(self.config)
         self.final_logit_softcap = getattr(text, "final_logit_softcapping", None)
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere multiplies its logits

@@ -26,6 +26,7 @@ from llmctl.core.engine.scheduler import Scheduler, SchedulerConfig
 from llmctl.core.engine.sequence import Sequence, SequenceStatus
 from llmctl.core.errors import UsageError
 from llmctl.core.values import text_problem, token_id_list
+from llmctl.model_defs.layers.rotary import RotaryEmbedding
 
 
 def default_max_num_seqs(device: torch.device) -> int:
@@ -88,6 +89,10 @@ class LLMEngine:
             max_num_seqs = default_max_num_seqs(self.device)
         self.eos_token_ids = set(eos_token_ids)
         self.max_model_len = max_model_len
+        rope_len = min((m.max_position for m in model.modules() if isinstance(m, RotaryEmbedding)), default=None)
+        if rope_len is not None and max_model_len > rope_len:  # the rotary kernels do not bound-check positions
+            raise UsageError(f"max_model_len={max_model_len} is past the model's rotary cache of {rope_len} positions",
+                             hint=f"use max_model_len <= {rope_len}")  # fmt: skip
         if max_num_batched_tokens is None:
             # CUDA: large packed prefills keep the GPU busy (vLLM's offline default is of this size); CPU: 2048.
             max_num_batched_tokens = max(8192 if self.device.type == "cuda" else 2048, max_num_seqs)

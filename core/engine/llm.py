@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Sequence as Seq
+from collections.abc import Collection, Iterator, Sequence as Seq
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llmctl.core.engine.engine import LLMEngine
+from llmctl.core.engine.engine_loop import EngineLoop
 from llmctl.core.engine.kv_cache import kv_cache_spec
 from llmctl.core.engine.model_source import (
     generation_config,
@@ -58,6 +60,9 @@ class LLM:
     async_scheduling (queue decode step n + 1 before reading step n's tokens back; default: with padded_decode).
     On CUDA, decode steps replay CUDA graphs captured at start-up for bucketed batch sizes; enforce_eager=True
     runs them eagerly instead (same kernels, same shapes, same tokens).
+
+    One LLM may be used from several threads at once: their requests share the engine's batches and each call
+    gets its own results (core/engine/engine_loop.py); embed calls run one at a time.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class LLM:
         self.task = _resolve_task(task, getattr(self.hf_config, "architectures", None))
         self.llm_engine = None
         self.embedder = None
+        self._embed_lock = threading.Lock()  # one embed call at a time: its request ids and tokenizer are shared state
         if self.task == "embed":
             self._init_embedder(path, tokenizer, max_model_len, load_format, trust_remote_code,
                                 tokenizer_revision or revision, skip_tokenizer_init)
@@ -171,6 +177,7 @@ class LLM:
             async_scheduling=engine_options.get("async_scheduling"),
         )
         self.max_model_len = self.llm_engine.max_model_len
+        self._loop = EngineLoop(self.llm_engine)
 
     def _init_embedder(self, path, tokenizer, max_model_len, load_format, trust_remote_code, revision, skip_tok):
         from llmctl.core.engine.embedder import build_embedder
@@ -226,9 +233,11 @@ class LLM:
         components (Matryoshka). Texts longer than max_seq_length tokens are cut (`.truncated`).
         use_tqdm is accepted for vLLM compatibility and shows nothing.
         """
-        return self._need_embedder().embed(
-            texts, pooling=pooling, normalize=normalize, dimensions=dimensions, prompt=prompt, batch_size=batch_size
-        )
+        embedder = self._need_embedder()
+        with self._embed_lock:
+            return embedder.embed(
+                texts, pooling=pooling, normalize=normalize, dimensions=dimensions, prompt=prompt, batch_size=batch_size
+            )
 
     encode = embed  # vLLM's name
 
@@ -244,8 +253,7 @@ class LLM:
         self._need_engine()
         items = _prompt_list(prompts)
         params = _params_list(sampling_params, len(items))
-        ids = [self._add(item, p) for item, p in zip(items, params)]
-        return self._run(ids, use_tqdm)
+        return self._run(items, params, use_tqdm)
 
     def chat(
         self,
@@ -276,37 +284,54 @@ class LLM:
     def stream(self, prompt: str | dict, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield the growing RequestOutput of one prompt after each token; the last one has finished=True."""
         self._need_engine()
-        request_id = self._add(_prompt_list(prompt)[0], sampling_params or SamplingParams())
-        engine = self.llm_engine
-        while True:
-            for out in engine.step():
-                if out.request_id == request_id:
+        params = sampling_params or SamplingParams()
+        request_id = self._loop.add(_prompt_list(prompt)[0], params, watch=True)
+        try:
+            while True:
+                for out in self._loop.wait([request_id]):
                     yield out
                     if out.finished:
                         return
-            if not engine.has_unfinished_requests():
-                return
+        finally:  # a consumer that stops early (or Ctrl-C) leaves no request running
+            self._loop.abort([request_id])
 
-    def _add(self, item: dict, params: SamplingParams) -> str:
-        engine = self.llm_engine
-        request_id = engine.next_request_id()
-        engine.add_request(request_id, params, prompt=item.get("prompt"), prompt_token_ids=item.get("prompt_token_ids"))
-        return request_id
+    # -- the step-level API: queue requests, collect them as they finish ------------------------------
 
-    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
-        engine = self.llm_engine
+    def add_request(self, prompt: str | dict, sampling_params: SamplingParams | None = None) -> str:
+        """Queue one prompt (any form generate() takes) without running it; its request id, for wait()."""
+        self._need_engine()
+        return self._loop.add(_prompt_list(prompt)[0], sampling_params or SamplingParams())
+
+    def wait(self, request_ids: Collection[str], *, one_step: bool = False) -> list[RequestOutput]:
+        """Run the engine until at least one of these requests has finished; their outputs (each returned once).
+
+        Requests of other callers (threads) advance in the same batches. one_step: return after one engine step
+        even when none finished, so a caller can add requests that arrived meanwhile (continuous batching).
+        """
+        self._need_engine()
+        return self._loop.wait(request_ids, one_step=one_step)
+
+    def abort(self, request_ids: Collection[str]) -> None:
+        """Drop requests queued with add_request that are no longer wanted (finished or not)."""
+        self._need_engine()
+        self._loop.abort(request_ids)
+
+    def _run(self, items: list[dict], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+        request_ids: list[str] = []
         finished: dict[str, RequestOutput] = {}
-        bar = _progress(len(request_ids)) if use_tqdm else None
+        bar = _progress(len(items)) if use_tqdm else None
         try:
-            while engine.has_unfinished_requests():
-                for out in engine.step(finished_only=True):
-                    if out.finished:
-                        finished[out.request_id] = out
-                        if bar is not None:
-                            bar.update(1)
+            for item, p in zip(items, params):
+                request_ids.append(self._loop.add(item, p))
+            remaining = set(request_ids)
+            while remaining:
+                for out in self._loop.wait(remaining):
+                    finished[out.request_id] = out
+                    remaining.discard(out.request_id)
+                    if bar is not None:
+                        bar.update(1)
         except BaseException:  # Ctrl-C or a failing step: leave no half-run request behind
-            for request_id in request_ids:
-                engine.abort_request(request_id)
+            self._loop.abort(request_ids)
             raise
         finally:
             if bar is not None:

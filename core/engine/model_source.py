@@ -61,7 +61,7 @@ def select_model_class(hf_config, model_impl: str = "auto", trust_remote_code: b
     remote = "AutoModelForCausalLM" in auto_map and not registry.transformers_has(architectures[0])
     impl = registry.implementation_for(
         architectures[0], model_impl, model_type=getattr(hf_config, "model_type", None),
-        remote_code=remote, trust_remote_code=trust_remote_code,
+        remote_code=remote, trust_remote_code=trust_remote_code, config=hf_config.to_dict(),
     )  # fmt: skip
     if impl == "native":
         return model_class(architectures)

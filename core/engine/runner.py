@@ -14,6 +14,9 @@ from llmctl.core.engine.sequence import Sequence
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
 
+PROMPT_LOGITS_ROWS = 2048  # prompt positions whose logits (and logprobs) are computed at once
+
+
 @dataclass
 class StepOutput:
     """What one step produced.
@@ -206,22 +209,27 @@ class ModelRunner:
             offset += n
 
         out = StepOutput(sample_seqs, [], [], {})
-        rows = sample_rows + prompt_rows
-        if not rows:
-            return out
+        if sample_rows:
+            logits = self._logits(hidden, sample_rows)  # (len(sample_rows), V)
+            sampled = self.sampler.sample(logits, [seq.sampling_state for seq in sample_seqs])
+            out.token_ids = sampled.token_ids
+            out.logprobs = sampled.logprobs
+        for seq, pending, first in prompt_spans:
+            # In slices: a whole chunk's logits at once are chunk x vocab floats (8,192 x 128,256: 4 GiB, as much again
+            # for their log-softmax; past 2^31 elements from 16,744 rows), never counted in the memory profile.
+            entries = []
+            for lo in range(0, len(pending), PROMPT_LOGITS_ROWS):
+                part = pending[lo : lo + PROMPT_LOGITS_ROWS]
+                rows_lp = self._logits(hidden, prompt_rows[first + lo : first + lo + len(part)])  # row j: token p0+j+1
+                tokens = seq.prompt_token_ids[part.start : part.stop + 1]
+                entries += self.sampler.prompt_logprobs(rows_lp, tokens, seq.params.prompt_logprobs)[1:]
+            out.prompt_logprobs[id(seq)] = entries
+        return out
+
+    def _logits(self, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Float32 logits (len(rows), V) of the given rows of hidden (T, H)."""
         if rows[-1] == len(rows) - 1 and rows == list(range(len(rows))):  # decode: every row, in order
             picked = hidden[: len(rows)]
         else:
             picked = hidden[host_to_device(rows, hidden.device)]  # pinned, non-blocking: no stream sync
-        logits = self.model.compute_logits(picked).float()  # (len(rows), V)
-        ns = len(sample_rows)
-        if ns:
-            sampled = self.sampler.sample(logits[:ns], [seq.sampling_state for seq in sample_seqs])
-            out.token_ids = sampled.token_ids
-            out.logprobs = sampled.logprobs
-        for seq, pending, first in prompt_spans:
-            rows_lp = logits[ns + first : ns + first + len(pending)]  # (L, V), row j predicts token p0+j+1
-            tokens = seq.prompt_token_ids[pending.start : pending.stop + 1]
-            k = seq.params.prompt_logprobs
-            out.prompt_logprobs[id(seq)] = self.sampler.prompt_logprobs(rows_lp, tokens, k)[1:]
-        return out
+        return self.model.compute_logits(picked).float()

@@ -225,7 +225,7 @@ def test_query_ranks_equal_line_first(run_cli, fake):
 
 
 def test_query_table_on_a_terminal(monkeypatch):
-    from llmctl.cli import embed as embed_cmd
+    from llmctl.cli import embed_output
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -235,7 +235,7 @@ def test_query_table_on_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stdout", stdout)
     monkeypatch.setenv("COLUMNS", "60")
     records = [{"index": 4, "score": 0.91234, "text": "best line " * 20}, {"index": 0, "score": 0.5, "text": "other"}]
-    embed_cmd._write_ranking(records, None)
+    embed_output.write_ranking(records, None)
     shown = stdout.getvalue().splitlines()
     assert "rank" in shown[0] and "score" in shown[0] and "text" in shown[0]
     assert "0.9123" in shown[1] and " 5 " in shown[1] and "best line" in shown[1]
@@ -362,3 +362,110 @@ def test_real_default_model_through_the_loader(run_cli):
     result = run_cli("embed", "--device", "cpu", "--dtype", "float32", input="hello world\n")
     assert result.exit_code == 0, result.stderr
     assert len(_records(result.stdout)[0]["embedding"]) == 384
+
+
+# -- -o FILE is replaced atomically ----------------------------------------------------------------------
+
+
+def _fail_writes_after(monkeypatch, n: int, error: BaseException) -> None:
+    """Make the n+1-th write to any output stream fail (a disk that fills up mid-way)."""
+    from llmctl.cli import stream
+
+    calls = {"n": 0}
+
+    class Failing:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def write(self, data):
+            calls["n"] += 1
+            if calls["n"] > n:
+                raise error
+            return self._handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+    real_init = stream.Writer.__init__
+    monkeypatch.setattr(stream.Writer, "__init__", lambda self, handle, name: real_init(self, Failing(handle), name))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "npy", "csv"])
+def test_failed_write_leaves_the_old_file_and_no_temp_file(run_cli, fake, tmp_path, monkeypatch, fmt):
+    import errno
+
+    target = tmp_path / f"out.{fmt}"
+    target.write_bytes(b"the old contents\n")
+    _fail_writes_after(monkeypatch, 3, OSError(errno.ENOSPC, "No space left on device"))
+    result = run_cli("embed", "--format", fmt, "-o", target, input="".join(f"line {i}\n" for i in range(10)))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"llmctl: error: cannot write {target}: No space left on device"
+    assert target.read_bytes() == b"the old contents\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary file left behind
+
+
+def test_ctrl_c_mid_run_leaves_the_old_file(run_cli, fake, tmp_path, monkeypatch):
+    target = tmp_path / "out.jsonl"
+    target.write_text("old\n")
+    _fail_writes_after(monkeypatch, 2, KeyboardInterrupt())
+    result = run_cli("embed", "-o", target, input="a\nb\nc\n")
+    assert result.exit_code == 130
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_output_file_replaced_whole_keeping_its_mode(run_cli, fake, tmp_path):
+    target = tmp_path / "out.jsonl"
+    target.write_text("old\n" * 100)
+    target.chmod(0o640)
+    result = run_cli("embed", "-o", target, input="a\nb\n")
+    assert result.exit_code == 0, result.stderr
+    assert [r["index"] for r in _records(target.read_text())] == [0, 1]
+    assert target.stat().st_mode & 0o777 == 0o640 and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_npy_rows_streamed_with_the_shape_written_last(run_cli, fake, tmp_path, monkeypatch):
+    monkeypatch.setattr("llmctl.cli.embed.PREFETCH", 1)  # most lines arrive after the model is loaded
+    monkeypatch.setattr("llmctl.cli.lines.READ_SIZE", 64)
+    texts = [f"text number {i}" for i in range(1000)]
+    target = tmp_path / "v.npy"
+    result = run_cli("embed", "--format", "npy", "-o", target, "--batch-size", "7", input="\n".join(texts) + "\n")
+    assert result.exit_code == 0, result.stderr
+    matrix = np.load(target)
+    assert matrix.shape == (1000, 16) and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix, np.array([o.outputs.embedding for o in fake.embed(texts)], np.float32))
+
+
+@pytest.mark.parametrize("fmt", ["npy", "csv"])
+def test_bad_line_found_mid_stream_stops_matrix_formats(run_cli, fake, tmp_path, monkeypatch, fmt):
+    """Past what is read before loading, a bad line stops npy/csv: -o FILE stays as it was; on stdout the rows
+    before it are out."""
+    monkeypatch.setattr("llmctl.cli.embed.PREFETCH", 1)
+    monkeypatch.setattr("llmctl.cli.lines.READ_SIZE", 16)  # input arrives a little at a time
+    lines = "".join(f"line {i}\n" for i in range(30)) + "\n" + "after\n"
+    target = tmp_path / f"out.{fmt}"
+    target.write_text("old")
+    result = run_cli("embed", "--format", fmt, "-o", target, "--batch-size", "2", input=lines)
+    assert result.exit_code == 1 and "line 31" in result.stderr
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+    if fmt == "csv":
+        result = run_cli("embed", "--format", "csv", "--batch-size", "2", input=lines)
+        rows = list(csv.reader(io.StringIO(result.stdout)))
+        assert result.exit_code == 1 and [r[0] for r in rows[1:]] == [str(i) for i in range(30)]
+
+
+def test_query_top_k_streams(run_cli, fake, monkeypatch):
+    monkeypatch.setattr("llmctl.cli.embed.PREFETCH", 1)
+    monkeypatch.setattr("llmctl.cli.lines.READ_SIZE", 64)
+    lines = [f"filler text {i}" for i in range(200)]
+    lines[150] = "apple pie recipe"
+    result = run_cli("embed", "--query", "apple pie recipe", "--top-k", "2", "--batch-size", "4",
+                     input="\n".join(lines) + "\n")
+    records = _records(result.stdout)
+    assert result.exit_code == 0 and len(records) == 2 and records[0]["index"] == 150
+
+
+def test_query_over_only_bad_lines_found_mid_stream(run_cli, fake, monkeypatch):
+    monkeypatch.setattr("llmctl.cli.embed.PREFETCH", 1)
+    monkeypatch.setattr("llmctl.cli.lines.READ_SIZE", 4)
+    result = run_cli("embed", "--query", "x", input="\n" * 50)
+    assert result.exit_code == 2 and "no non-empty lines" in result.stderr and fake.loads

@@ -130,15 +130,22 @@ def test_missing_architectures(load_hub_config):
     {"hidden_size": "4096"},
     {"num_hidden_layers": 0},
     {"architectures": "LlamaForCausalLM"},
-    {"num_attention_heads": None},
+    {"intermediate_size": 11008.5},
 ])
 def test_invalid_configs(load_hub_config, patch):
     config = dict(load_hub_config("llama-2-7b"), **patch)
-    if patch.get("num_attention_heads", 1) is None:
-        del config["num_attention_heads"]
-        config["model_type"] = "custom"
     with pytest.raises(ModelReadError):
         spec_from_config(config)
+
+
+def test_sizes_an_unfamiliar_config_lacks_are_unknown_not_an_error(load_hub_config):
+    # A family llmctl does not know, spelling no head count it reads: the spec answers, with heads unknown.
+    config = {k: v for k, v in load_hub_config("llama-2-7b").items() if k != "num_attention_heads"}
+    spec = spec_from_config(dict(config, model_type="custom", architectures=["CustomForCausalLM"]))
+    assert spec.num_attention_heads is None and spec.head_dim is None and spec.attention is None
+    assert spec.unknown == ("num_attention_heads", "num_kv_heads", "head_dim")
+    assert any("num_attention_heads" in note and "unknown" in note for note in spec.notes)
+    assert (spec.hidden_size, spec.num_layers) == (4096, 32)
 
 
 def test_invalid_moe(load_hub_config):

@@ -1,30 +1,45 @@
-"""No registry row claims more than exists: native rows import, strict rows have a consistency test."""
+"""The registry covers vLLM's list, and no row claims more than exists: native rows import, strict rows are tested."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import json
 from pathlib import Path
 
 import pytest
 
-from llmctl.core.registry import LEVELS, all_architectures, get_arch, load_model_class
+from llmctl.core.registry import (
+    CLASSIFY,
+    EMBED,
+    GENERATE,
+    KINDS,
+    LEVELS,
+    TASKS,
+    ArchInfo,
+    all_architectures,
+    get_arch,
+    load_model_class,
+)
 from llmctl.core.errors import UnsupportedModelError
 
 TESTS = Path(__file__).resolve().parents[1]
 ROWS = all_architectures()
 
-# Every architecture of the project's model list (vLLM's supported-models page) has a row.
-MODEL_LIST = [
-    "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-    "Qwen2MoeForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "DeepseekForCausalLM", "DeepseekV2ForCausalLM",
-    "DeepseekV3ForCausalLM", "GPT2LMHeadModel", "GPTJForCausalLM", "GPTNeoXForCausalLM", "OPTForCausalLM",
-    "BloomForCausalLM", "FalconForCausalLM", "MPTForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM",
-    "BaichuanForCausalLM", "InternLMForCausalLM", "InternLM2ForCausalLM", "ChatGLMModel",
-    "ChatGLMForConditionalGeneration", "BertModel", "XLMRobertaModel", "MistralModel",
-    "LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration", "InternVLChatModel", "Phi3VForCausalLM",
-    "BartForConditionalGeneration", "T5ForConditionalGeneration",
-]  # fmt: skip
+# The project's model list: vLLM's supported architectures, snapshotted with the commit they were read at.
+VLLM = json.loads((Path(__file__).with_name("vllm_architectures.json")).read_text(encoding="utf-8"))
+VLLM_TASKS = {  # vLLM's table -> the task llmctl's row names for it
+    "_TEXT_GENERATION_MODELS": GENERATE, "_MULTIMODAL_MODELS": GENERATE, "_TRANSFORMERS_SUPPORTED_MODELS": GENERATE,
+    "_EMBEDDING_MODELS": EMBED, "_CROSS_ENCODER_MODELS": CLASSIFY,
+}
+
+
+def _vllm_tasks() -> dict[str, set[str]]:
+    tasks: dict[str, set[str]] = {}
+    for table, task in VLLM_TASKS.items():
+        for arch in VLLM[table]:
+            tasks.setdefault(arch, set()).add(task)
+    return tasks
 
 
 def _consistency_architectures() -> set[str]:
@@ -40,9 +55,33 @@ def _consistency_architectures() -> set[str]:
     return found
 
 
-def test_model_list_is_covered():
+def test_every_vllm_architecture_has_a_row():
+    assert VLLM["commit"] and VLLM["source"].endswith("registry.py")
+    listed = _vllm_tasks()
+    assert len(listed) > 200  # the snapshot is the whole list, not a sample
     names = {row.architecture for row in ROWS}
-    assert set(MODEL_LIST) <= names, sorted(set(MODEL_LIST) - names)
+    assert not set(listed) - names, sorted(set(listed) - names)
+
+
+def test_planned_rows_carry_the_lists_tasks():
+    # A planned row offers what vLLM offers for it; a native row says what llmctl itself runs.
+    for arch, tasks in _vllm_tasks().items():
+        row = get_arch(arch)
+        if row.status == "planned":
+            assert set(row.tasks) == tasks, (arch, row.tasks, tasks)
+
+
+def test_rows_are_unique_and_valid():
+    assert len({row.architecture for row in ROWS}) == len(ROWS)
+    for row in ROWS:
+        assert row.kind in KINDS and set(row.tasks) <= set(TASKS), row
+
+
+def test_a_bad_planned_line_is_rejected():
+    with pytest.raises(ValueError):
+        ArchInfo("XForCausalLM", "x", ("generate",), kind="state-space")
+    with pytest.raises(ValueError):
+        ArchInfo("XForCausalLM", "x", ("chat",))
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.status == "native"], ids=lambda r: r.architecture)
