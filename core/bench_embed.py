@@ -168,7 +168,6 @@ def bench_hf_embed(model, load_s, inputs, batch_size, pooling, normalize, device
 
 def build_llmctl_embedder(cfg: BenchConfig, path: Path, device, state: dict | None, log: Callable[[str], None]):
     """LLM(task="embed") without a tokenizer (timed); `state` (transformers' tensors) copied over its weights."""
-    from llmctl.core.engine.embedder import checkpoint_weights
     from llmctl.core.engine.llm import LLM
     from llmctl.core.engine.loader import load_weights
 
@@ -179,7 +178,7 @@ def build_llmctl_embedder(cfg: BenchConfig, path: Path, device, state: dict | No
     )  # fmt: skip
     if state is not None:
         model = llm.embedder.model
-        load_weights(model, checkpoint_weights(type(model), state.items()), llm.dtype)
+        load_weights(model, state.items(), llm.dtype)  # the model's weights_mapper strips its prefixes
     return llm
 
 
@@ -212,7 +211,7 @@ def _embedding_settings(cfg: BenchConfig, path: Path, hf_config, model_cls):
     if cfg.max_model_len is not None and not 1 <= cfg.max_model_len <= max_positions:
         raise UsageError(f"max_model_len={cfg.max_model_len} is outside the model's 1..{max_positions} positions")
     ec = read_embedding_config(path, hidden_size=hf_config.hidden_size, max_positions=max_positions,
-                               is_causal=bool(getattr(model_cls, "is_causal", False)))  # fmt: skip
+                               is_causal=model_cls.is_causal)  # fmt: skip
     return ec.pooling, ec.normalize, cfg.max_model_len or ec.max_seq_length
 
 

@@ -6,12 +6,14 @@ import torch
 from torch import nn
 
 from llmctl.core.errors import UnsupportedModelError
+from llmctl.model_defs.base import EmbeddingModel
 from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
 from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
 class BertEmbeddings(nn.Module):
@@ -111,24 +113,20 @@ class BertEncoder(nn.Module):
         return hidden_states
 
 
-class BertModel(nn.Module):
+class BertModel(EmbeddingModel):
     """model(input_ids (T,), positions (T,), ctx) -> last hidden state (T, H) of a packed, padding-free batch.
 
     positions restart at 0 for every sequence. The checkpoint's pooler and MLM head are not used for
     embeddings; checkpoints saved from *ForMaskedLM / *ForSequenceClassification carry a "bert." /
-    "roberta." prefix, which the embedder strips (see checkpoint_prefixes).
+    "roberta." prefix, which the weights mapper strips.
     """
 
-    is_causal = False
-    packed_modules_mapping = {
-        "query": ("qkv_proj", "q"),
-        "key": ("qkv_proj", "k"),
-        "value": ("qkv_proj", "v"),
-    }
-    checkpoint_prefixes = ("bert.", "roberta.")  # stripped from checkpoint names
-    ignored_checkpoint_prefixes = ("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids")
-    # Renames of old (TF-era) checkpoint names: LayerNorm.gamma / beta.
-    checkpoint_renames = {".gamma": ".weight", ".beta": ".bias"}
+    weights_mapper = WeightsMapper(
+        strip_prefixes=("bert.", "roberta."),
+        ignored_prefixes=("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids"),
+        renamed_suffixes={".gamma": ".weight", ".beta": ".bias"},  # old (TF-era) LayerNorm names
+        packed={"query": ("qkv_proj", "q"), "key": ("qkv_proj", "k"), "value": ("qkv_proj", "v")},
+    )
     position_offset = 0
 
     def __init__(self, config):

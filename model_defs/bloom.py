@@ -5,16 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.act_fn import GELU
 from llmctl.model_defs.layers.alibi import bloom_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): BLOOM has one k/v head per query head."""
-    return config.num_hidden_layers, config.num_attention_heads, config.hidden_size // config.num_attention_heads
+from llmctl.model_defs.layers.embedding import VocabEmbedding
+from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
 class BloomAttention(nn.Module):
@@ -89,24 +86,10 @@ class BloomModel(nn.Module):
         return self.ln_f(hidden_states)
 
 
-class BloomForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
-    packed_modules_mapping: dict = {}
+class BloomForCausalLM(CausalLM):
+    backbone_cls = BloomModel
+    backbone_name = "transformer"
+    input_embedding_name = "word_embeddings"
+    tie_word_embeddings_default = True
     # bigscience/bloom* checkpoints were saved from BloomModel: their names lack "transformer.".
-    base_model_prefix = "transformer"
-    kv_cache_shape = staticmethod(kv_cache_shape)
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = BloomModel(config)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        if getattr(config, "tie_word_embeddings", True):
-            self.lm_head.tie(self.transformer.word_embeddings)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.transformer(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
+    weights_mapper = WeightsMapper(base_prefix="transformer")

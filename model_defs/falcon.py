@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.alibi import bloom_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.rotary import get_rope_from_config
+from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
 def num_kv_heads_of(config) -> int:
@@ -18,11 +20,6 @@ def num_kv_heads_of(config) -> int:
     if config.new_decoder_architecture:
         return config.num_kv_heads
     return 1 if config.multi_query else config.num_attention_heads
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim) as the attention layers use them."""
-    return config.num_hidden_layers, num_kv_heads_of(config), config.hidden_size // config.num_attention_heads
 
 
 def _num_ln_in_parallel_attn(config) -> int | None:
@@ -135,25 +132,9 @@ class FalconModel(nn.Module):
         return self.ln_f(hidden_states)
 
 
-class FalconForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
-    packed_modules_mapping: dict = {}
-    base_model_prefix = "transformer"
-    # multi_query configs leave num_kv_heads at num_attention_heads: the cache needs the real count.
-    kv_cache_shape = staticmethod(kv_cache_shape)
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = FalconModel(config)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        if getattr(config, "tie_word_embeddings", True):
-            self.lm_head.tie(self.transformer.word_embeddings)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.transformer(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
-
+class FalconForCausalLM(CausalLM):
+    backbone_cls = FalconModel
+    backbone_name = "transformer"
+    input_embedding_name = "word_embeddings"
+    tie_word_embeddings_default = True
+    weights_mapper = WeightsMapper(base_prefix="transformer")

@@ -9,13 +9,15 @@ import torch
 from torch import nn
 
 from llmctl.core.errors import UnsupportedModelError
+from llmctl.model_defs.base import CausalLM, head_dim_of, num_kv_heads_of
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.gemma_norm import GemmaRMSNorm
 from llmctl.model_defs.layers.linear import QKVLinear
 from llmctl.model_defs.layers.mlp import GatedMLP
 from llmctl.model_defs.layers.rotary import get_rope_from_config
+from llmctl.model_defs.weights_mapper import QKV_GATE_UP_PACKED, WeightsMapper
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 
@@ -32,20 +34,6 @@ class GemmaVariant:
     final_softcap: bool = False  # Gemma 2/3: tanh soft-capping of the logits (final_logit_softcapping)
     qk_norm: bool = False  # Gemma 3: RMSNorm over each head of q and k before rope
     rope_per_layer_type: bool = False  # Gemma 3: local / global rope from rope_parameters[layer_type]
-
-
-def head_dim_of(config) -> int:
-    # Gemma configs set head_dim (256) apart from hidden_size / num_attention_heads (e.g. gemma-7b: 3072 / 16).
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def num_kv_heads_of(config) -> int:
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): what the paged KV cache needs per token (the same for every layer)."""
-    return config.num_hidden_layers, num_kv_heads_of(config), head_dim_of(config)
 
 
 def layer_types_of(config, variant: GemmaVariant) -> list[str]:
@@ -187,32 +175,19 @@ class GemmaModel(nn.Module):
         return hidden_states
 
 
-class GemmaForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
+class GemmaForCausalLM(CausalLM):
+    backbone_cls = GemmaModel
     variant = GemmaVariant()
-    # checkpoint name -> (fused parameter, shard); the generic loader in core/engine/loader.py reads it.
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"),
-        "k_proj": ("qkv_proj", "k"),
-        "v_proj": ("qkv_proj", "v"),
-        "gate_proj": ("gate_up_proj", 0),
-        "up_proj": ("gate_up_proj", 1),
-    }
+    weights_mapper = WeightsMapper(packed=QKV_GATE_UP_PACKED)
+    tie_word_embeddings_default = True  # every released Gemma ties its head to the embedding
 
     def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = GemmaModel(config, self.variant)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        # Every released Gemma ties its head to the embedding (and transformers' default is True).
-        if getattr(config, "tie_word_embeddings", True):
-            self.lm_head.tie(self.model.embed_tokens)
+        super().__init__(config)
         cap = getattr(config, "final_logit_softcapping", None) if self.variant.final_softcap else None
         self.final_logit_softcapping = cap
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.model(input_ids, positions, ctx)
+    def build_backbone(self, config) -> GemmaModel:
+        return GemmaModel(config, self.variant)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden_states)  # (N, V)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
 from llmctl.model_defs.layers.layout_linear import Conv1DLinear
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): what the paged KV cache needs per token."""
-    return config.n_layer, config.n_head, config.n_embd // config.n_head
+from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
 class GPT2Attention(nn.Module):
@@ -76,25 +73,11 @@ class GPT2Model(nn.Module):
         return self.ln_f(hidden_states)
 
 
-class GPT2LMHeadModel(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
-    packed_modules_mapping: dict = {}
+class GPT2LMHeadModel(CausalLM):
+    backbone_cls = GPT2Model
+    backbone_name = "transformer"
+    input_embedding_name = "wte"
+    tie_word_embeddings_default = True
     # The hub's original gpt2 / distilgpt2 checkpoints were saved from the bare GPT2Model (no "transformer."),
     # with the causal-mask buffers attn.bias / attn.masked_bias among the tensors.
-    base_model_prefix = "transformer"
-    ignored_checkpoint_suffixes = (".attn.bias", ".attn.masked_bias")
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = GPT2Model(config)
-        self.lm_head = LMHead(config.vocab_size, config.n_embd)
-        if getattr(config, "tie_word_embeddings", True):
-            self.lm_head.tie(self.transformer.wte)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.transformer(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
+    weights_mapper = WeightsMapper(base_prefix="transformer", ignored_suffixes=(".attn.bias", ".attn.masked_bias"))

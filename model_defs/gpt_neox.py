@@ -5,18 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
 from llmctl.model_defs.layers.layout_linear import HeadInterleavedQKVLinear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): what the paged KV cache needs per token."""
-    return config.num_hidden_layers, config.num_attention_heads, config.hidden_size // config.num_attention_heads
+from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
 class GPTNeoXAttention(nn.Module):
@@ -82,23 +79,10 @@ class GPTNeoXModel(nn.Module):
         return self.final_layer_norm(hidden_states)
 
 
-class GPTNeoXForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
-    packed_modules_mapping: dict = {}
-    # Older Pythia / NeoX-20B checkpoints keep the causal-mask buffers and the rotary inv_freq.
-    ignored_checkpoint_suffixes = (".attention.bias", ".attention.masked_bias")
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.gpt_neox = GPTNeoXModel(config)
-        self.embed_out = LMHead(config.vocab_size, config.hidden_size)  # the hub checkpoints' name for the head
-        if getattr(config, "tie_word_embeddings", False):
-            self.embed_out.tie(self.gpt_neox.embed_in)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.gpt_neox(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.embed_out(hidden_states)
+class GPTNeoXForCausalLM(CausalLM):
+    backbone_cls = GPTNeoXModel
+    backbone_name = "gpt_neox"
+    input_embedding_name = "embed_in"
+    lm_head_name = "embed_out"  # the hub checkpoints' name for the head
+    # Older Pythia / NeoX-20B checkpoints keep the causal-mask buffers (and the rotary inv_freq, always ignored).
+    weights_mapper = WeightsMapper(ignored_suffixes=(".attention.bias", ".attention.masked_bias"))

@@ -5,18 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
 from llmctl.model_defs.layers.linear import QKVLinear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): what the paged KV cache needs per token."""
-    return config.n_layer, config.n_head, config.n_embd // config.n_head
+from llmctl.model_defs.weights_mapper import QKV_PACKED, WeightsMapper
 
 
 class GPTJAttention(nn.Module):
@@ -74,28 +71,10 @@ class GPTJModel(nn.Module):
         return self.ln_f(hidden_states)
 
 
-class GPTJForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
-    # checkpoint name -> (fused parameter, shard); the generic loader in core/engine/loader.py reads it.
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"),
-        "k_proj": ("qkv_proj", "k"),
-        "v_proj": ("qkv_proj", "v"),
-    }
+class GPTJForCausalLM(CausalLM):
+    backbone_cls = GPTJModel
+    backbone_name = "transformer"
+    input_embedding_name = "wte"
+    lm_head_bias = True
     # EleutherAI/gpt-j-6b's checkpoint carries the causal-mask buffers of its attention layers.
-    ignored_checkpoint_suffixes = (".attn.bias", ".attn.masked_bias")
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = GPTJModel(config)
-        self.lm_head = LMHead(config.vocab_size, config.n_embd, bias=True)
-        if getattr(config, "tie_word_embeddings", False):
-            self.lm_head.tie(self.transformer.wte)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.transformer(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
+    weights_mapper = WeightsMapper(ignored_suffixes=(".attn.bias", ".attn.masked_bias"), packed=QKV_PACKED)

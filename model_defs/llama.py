@@ -7,13 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM, head_dim_of, num_kv_heads_of
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.layers.mlp import GatedMLP
 from llmctl.model_defs.layers.norm import RMSNorm, norm_then_linear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
+from llmctl.model_defs.weights_mapper import QKV_GATE_UP_PACKED, WeightsMapper
 
 
 @dataclass(frozen=True)
@@ -24,20 +26,6 @@ class LlamaVariant:
     o_bias: bool | None = None  # None: config.attention_bias; Qwen2 has none
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before rope
     sliding_window: str = "none"  # "none" | "all" (Mistral: config.sliding_window) | "layer_types" (Qwen2/3)
-
-
-def head_dim_of(config) -> int:
-    # head_dim != hidden_size / num_attention_heads in e.g. Qwen3 and Llama-style checkpoints that set it.
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def num_kv_heads_of(config) -> int:
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): what the paged KV cache needs per token."""
-    return config.num_hidden_layers, num_kv_heads_of(config), head_dim_of(config)
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -138,32 +126,15 @@ class LlamaModel(nn.Module):
         return hidden_states
 
 
-class LlamaForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
+class LlamaForCausalLM(CausalLM):
+    """Llama 2/3, Yi, SmolLM2: the base contract with a fused q/k/v and gate/up; members differ by their variant."""
 
+    backbone_cls = LlamaModel
     variant = LlamaVariant()
-    # checkpoint name -> (fused parameter, shard); the generic loader in core/engine/loader.py reads it.
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"),
-        "k_proj": ("qkv_proj", "k"),
-        "v_proj": ("qkv_proj", "v"),
-        "gate_proj": ("gate_up_proj", 0),
-        "up_proj": ("gate_up_proj", 1),
-    }
+    weights_mapper = WeightsMapper(packed=QKV_GATE_UP_PACKED)
 
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = LlamaModel(config, self.variant)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        if getattr(config, "tie_word_embeddings", False):
-            self.lm_head.tie(self.model.embed_tokens)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.model(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
+    def build_backbone(self, config) -> LlamaModel:
+        return LlamaModel(config, self.variant)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

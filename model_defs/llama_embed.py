@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from llmctl.model_defs import llama
-from llmctl.model_defs.llama import LlamaVariant
+from llmctl.model_defs.base import EmbeddingModel
 
 
-class _DecoderEmbedModel(llama.LlamaModel):
+class _DecoderEmbedModel(llama.LlamaModel, EmbeddingModel):
     """model(input_ids (T,), positions (T,), ctx) -> final-norm hidden states (T, H), causal attention.
 
     The checkpoint keys are the backbone's own (embed_tokens, layers.N..., norm); a checkpoint saved from
-    the *ForCausalLM class carries a "model." prefix, which the embedder strips, and an lm_head it ignores.
+    the *ForCausalLM class carries a "model." prefix, which the weights mapper strips, and an lm_head it ignores.
     """
 
     is_causal = True
-    variant = LlamaVariant()
-    packed_modules_mapping = llama.LlamaForCausalLM.packed_modules_mapping
-    checkpoint_prefixes = ("model.",)
-    ignored_checkpoint_prefixes = ("lm_head.",)
-    checkpoint_renames: dict[str, str] = {}
+    variant = llama.LlamaVariant()
+    weights_mapper = dataclasses.replace(
+        llama.LlamaForCausalLM.weights_mapper, strip_prefixes=("model.",), ignored_prefixes=("lm_head.",)
+    )
 
     def __init__(self, config):
         super().__init__(config, self.variant)
         self.config = config
-
-    @classmethod
-    def max_positions(cls, config) -> int:
-        return config.max_position_embeddings
 
 
 class LlamaModel(_DecoderEmbedModel):

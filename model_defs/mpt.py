@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.act_fn import GELU
 from llmctl.model_defs.layers.alibi import mpt_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
+from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
 def attn_config_value(config, key: str, default=None):
@@ -20,11 +22,6 @@ def attn_config_value(config, key: str, default=None):
     else:
         value = getattr(attn_config, key, None)
     return default if value is None else value
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): MPT has one k/v head per query head."""
-    return config.n_layers, config.n_heads, config.d_model // config.n_heads
 
 
 class MptAttention(nn.Module):
@@ -91,26 +88,12 @@ class MptModel(nn.Module):
         return self.norm_f(hidden_states)
 
 
-class MPTForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
-    packed_modules_mapping: dict = {}
-    base_model_prefix = "transformer"
-    kv_cache_shape = staticmethod(kv_cache_shape)
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.transformer = MptModel(config)
-        self.lm_head = LMHead(config.vocab_size, config.d_model)
-        if getattr(config, "tie_word_embeddings", True):
-            self.lm_head.tie(self.transformer.wte)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.transformer(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
+class MPTForCausalLM(CausalLM):
+    backbone_cls = MptModel
+    backbone_name = "transformer"
+    input_embedding_name = "wte"
+    tie_word_embeddings_default = True
+    weights_mapper = WeightsMapper(base_prefix="transformer")
 
 
 class MptForCausalLM(MPTForCausalLM):

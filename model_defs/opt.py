@@ -5,19 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
 from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.weights_mapper import QKV_PACKED, WeightsMapper
 
 # OPT's learned position table starts at row 2 (fairseq reserved rows 0-1 for padding).
 POSITION_OFFSET = 2
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): OPT has one k/v head per query head."""
-    return config.num_hidden_layers, config.num_attention_heads, config.hidden_size // config.num_attention_heads
 
 
 def _layer_norm(config, size: int) -> nn.LayerNorm:
@@ -108,25 +105,13 @@ class OPTModel(nn.Module):
         return self.decoder(input_ids, positions, ctx)
 
 
-class OPTForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, D); compute_logits(hidden (N, D)) -> (N, V)."""
-
-    packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
+class OPTForCausalLM(CausalLM):
+    backbone_cls = OPTModel
+    input_embedding_name = "decoder.embed_tokens"
+    tie_word_embeddings_default = True
     # facebook/opt-* checkpoints were saved from OPTModel: their names start at "decoder.".
-    base_model_prefix = "model"
-    kv_cache_shape = staticmethod(kv_cache_shape)
+    weights_mapper = WeightsMapper(base_prefix="model", packed=QKV_PACKED)
 
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = OPTModel(config)
-        proj_dim = getattr(config, "word_embed_proj_dim", None) or config.hidden_size
-        self.lm_head = LMHead(config.vocab_size, proj_dim)
-        if getattr(config, "tie_word_embeddings", True):
-            self.lm_head.tie(self.model.decoder.embed_tokens)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.model(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
+    def build_lm_head(self, config) -> LMHead:
+        # opt-350m's head reads the 512-dim projection, not the 1024-dim hidden size.
+        return LMHead(config.vocab_size, getattr(config, "word_embed_proj_dim", None) or config.hidden_size)

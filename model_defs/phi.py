@@ -5,26 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmctl.model_defs.base import CausalLM, head_dim_of, num_kv_heads_of
 from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
-from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
+from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
 from llmctl.model_defs.layers.linear import QKVLinear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
-
-
-def head_dim_of(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def num_kv_heads_of(config) -> int:
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-
-
-def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim): what the paged KV cache needs per token."""
-    return config.num_hidden_layers, num_kv_heads_of(config), head_dim_of(config)
+from llmctl.model_defs.weights_mapper import QKV_PACKED, WeightsMapper
 
 
 class PhiAttention(nn.Module):
@@ -90,26 +79,7 @@ class PhiModel(nn.Module):
         return self.final_layernorm(hidden_states)
 
 
-class PhiForCausalLM(nn.Module):
-    """model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits(hidden (N, H)) -> (N, V)."""
-
-    # checkpoint name -> (fused parameter, shard); the generic loader in core/engine/loader.py reads it.
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"),
-        "k_proj": ("qkv_proj", "k"),
-        "v_proj": ("qkv_proj", "v"),
-    }
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = PhiModel(config)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size, bias=True)
-        if getattr(config, "tie_word_embeddings", False):
-            self.lm_head.tie(self.model.embed_tokens)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.model(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden_states)
+class PhiForCausalLM(CausalLM):
+    backbone_cls = PhiModel
+    lm_head_bias = True
+    weights_mapper = WeightsMapper(packed=QKV_PACKED)

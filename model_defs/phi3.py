@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from llmctl.model_defs.llama import LlamaForCausalLM, LlamaVariant, kv_cache_shape
-
-__all__ = ["Phi3ForCausalLM", "kv_cache_shape"]
+from llmctl.model_defs.llama import LlamaForCausalLM, LlamaVariant
+from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
 class Phi3ForCausalLM(LlamaForCausalLM):
@@ -17,4 +16,4 @@ class Phi3ForCausalLM(LlamaForCausalLM):
     """
 
     variant = LlamaVariant(sliding_window="all")
-    packed_modules_mapping: dict = {}
+    weights_mapper = WeightsMapper()

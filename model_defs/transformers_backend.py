@@ -27,6 +27,7 @@ from llmctl.core import backend_features as features
 from llmctl.core.backend_features import NO_BASE_REASON
 from llmctl.core.errors import UnsupportedModelError
 from llmctl.kernels.dispatch import get_op
+from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.context import ForwardContext
 
 ATTN_IMPLEMENTATION = "llmctl_paged"
@@ -115,7 +116,11 @@ def _text_config(config):
 
 
 def kv_cache_shape(config) -> tuple[int, int, int]:
-    """(num_layers, num_kv_heads, head_dim) from the (text) config; head size keys win over hidden / heads."""
+    """(num_layers, num_kv_heads, head_dim) from the (text) config; head size keys win over hidden / heads.
+
+    transformers' attention modules are not llmctl's Attention layers, so the backend reads the layout
+    from the config its classes were built from (they read the same keys).
+    """
     text = _text_config(config)
     num_heads = text.num_attention_heads
     num_kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
@@ -181,7 +186,7 @@ def _cache_layer_types(config) -> list[str] | None:
     return list(types)
 
 
-class TransformersForCausalLM(nn.Module):
+class TransformersForCausalLM(CausalLM):
     """Any transformers causal LM whose attention goes through the AttentionInterface, on llmctl's engine.
 
     The transformers model's children become this module's children, so parameter names are the
@@ -190,13 +195,12 @@ class TransformersForCausalLM(nn.Module):
     logit soft-capping / logit scale where the family has them.
     """
 
-    kv_cache_shape = staticmethod(kv_cache_shape)
     is_transformers_backend = True
     # transformers' modeling code may sync with the host inside a forward: decode steps run eagerly (padded).
     supports_cuda_graphs = False
 
     def __init__(self, config, trust_remote_code: bool = False, hf_model=None):
-        super().__init__()
+        nn.Module.__init__(self)  # transformers builds the backbone and head: none of CausalLM's construction applies
         register_attention()
         config = copy.deepcopy(config)  # transformers writes dtype and attn_implementation into its config
         architecture = (getattr(config, "architectures", None) or [None])[0]
@@ -227,7 +231,6 @@ class TransformersForCausalLM(nn.Module):
             raise UnsupportedModelError(f"{type(hf).__name__} cannot run through the transformers backend: {reason}")
         self.config = hf.config
         self.architecture = type(hf).__name__
-        self.base_model_prefix = hf.base_model_prefix
         for name, child in hf.named_children():
             self.add_module(name, child)
         self._base_name, self._head_name = base, head
@@ -276,6 +279,9 @@ class TransformersForCausalLM(nn.Module):
         finally:
             _STEP.reset(token)
         return out.last_hidden_state[0]  # (T, H)
+
+    def kv_cache_shape(self) -> tuple[int, int, int]:
+        return kv_cache_shape(self.config)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = getattr(self, self._head_name)(hidden_states)  # (N, V)

@@ -42,26 +42,6 @@ class EmbeddingRequestOutput:
     finished: bool = True
 
 
-def checkpoint_weights(model_cls: type[nn.Module], weights: Iterable[tuple[str, torch.Tensor]]):
-    """Checkpoint (name, tensor) pairs in the model's own names: the model class's prefixes stripped
-    ("bert.", "roberta.", "model."), its ignored tensors (pooler, heads, position_ids buffers) dropped,
-    and old suffix names (LayerNorm.gamma / beta) renamed."""
-    prefixes = getattr(model_cls, "checkpoint_prefixes", ())
-    ignored = getattr(model_cls, "ignored_checkpoint_prefixes", ())
-    renames = getattr(model_cls, "checkpoint_renames", {})
-    for name, tensor in weights:
-        for prefix in prefixes:
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-                break
-        if name.startswith(ignored):
-            continue
-        for old, new in renames.items():
-            if name.endswith(old):
-                name = name[: -len(old)] + new
-        yield name, tensor
-
-
 class Embedder:
     """Turns texts into vectors with one embedding model (an encoder, or a decoder pooled at its last token)."""
 
@@ -72,7 +52,7 @@ class Embedder:
         self.tokenizer = tokenizer
         self.config = config
         self.device = torch.device(device)
-        self.causal = bool(getattr(model, "is_causal", False))
+        self.causal = model.is_causal
         self._next_id = 0
 
     # -- tokenization -------------------------------------------------------------------------------
@@ -242,14 +222,12 @@ def build_embedder(
         path if path.is_dir() else path.parent,
         hidden_size=hf_config.hidden_size,
         max_positions=max_positions,
-        is_causal=bool(getattr(model_cls, "is_causal", False)),
+        is_causal=model_cls.is_causal,
         tokenizer_max_length=getattr(tokenizer, "model_max_length", None),
     )
     if max_model_len is not None:
         if not 1 <= max_model_len <= max_positions:
             raise UsageError(f"max_model_len={max_model_len} is outside the model's 1..{max_positions} positions")
         config = dataclasses.replace(config, max_seq_length=max_model_len)
-    if weights is not None:
-        weights = checkpoint_weights(model_cls, weights)
     model = build_model(hf_config, model_cls, dtype, device, weights)
     return Embedder(model, tokenizer, config, device, vocab_size=getattr(hf_config, "vocab_size", None))

@@ -129,7 +129,7 @@ class LLMEngine:
             max_model_len=max_model_len, max_num_seqs=max_num_seqs, padded_decode=padded_decode,
         )
         if (self.device.type == "cuda" and not enforce_eager and self.runner.decode is not None
-                and getattr(model, "supports_cuda_graphs", True)):
+                and model.supports_cuda_graphs):
             self.runner.decode.capture()
         self.scheduler = Scheduler(self.config, self.block_manager)
         self.async_scheduling = self.runner.decode is not None if async_scheduling is None else async_scheduling
@@ -368,8 +368,8 @@ class LLMEngine:
 
     @property
     def vocab_size(self) -> int | None:
-        config = getattr(self.runner.model, "config", None)
-        return getattr(config, "vocab_size", None)
+        # A multimodal backend model's config keeps its vocabulary in text_config.
+        return getattr(self.runner.model.config, "vocab_size", None)
 
     def _logprobs(self, raw: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
         return {tok: Logprob(lp, rank, self._decode_token(tok)) for tok, (lp, rank) in raw.items()}

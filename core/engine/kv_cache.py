@@ -27,20 +27,9 @@ class KVCacheSpec:
         return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * elem
 
 
-def kv_cache_spec(hf_config, dtype: torch.dtype, model_cls=None) -> KVCacheSpec:
-    """Read layer count, KV heads and head size from an HF config (head_dim may differ from hidden/heads).
-
-    A model class with a kv_cache_shape(config) -> (layers, kv_heads, head_dim) hook answers for configs
-    that do not say it in these keys (Falcon's multi_query: one k/v head, num_kv_heads left at all heads).
-    """
-    text = getattr(hf_config, "text_config", None) or hf_config
-    hook = getattr(model_cls, "kv_cache_shape", None)
-    if hook is not None:
-        return KVCacheSpec(*hook(text), dtype)
-    num_heads = text.num_attention_heads
-    num_kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
-    return KVCacheSpec(text.num_hidden_layers, num_kv_heads, head_dim, dtype)
+def kv_cache_spec(model, dtype: torch.dtype) -> KVCacheSpec:
+    """The cache layout the built model's attention layers need (CausalLM.kv_cache_shape, model_defs/base.py)."""
+    return KVCacheSpec(*model.kv_cache_shape(), dtype)
 
 
 def blocks_needed(num_tokens: int, block_size: int) -> int:

@@ -130,7 +130,7 @@ class LLM:
                                 tokenizer_revision or revision, skip_tokenizer_init)
             return
         model_cls = select_model_class(self.hf_config, model_impl, trust_remote_code)
-        self.model_impl = "transformers" if getattr(model_cls, "is_transformers_backend", False) else "native"
+        self.model_impl = "transformers" if model_cls.is_transformers_backend else "native"
         max_pos = getattr(self.hf_config, "max_position_embeddings", None)
         shrink = max_model_len is None  # the model's full context, unless the KV cache holds less
         too_long = max_model_len_problem(max_model_len, max_pos)  # the rule `llmctl check` applies too
@@ -148,7 +148,7 @@ class LLM:
 
         check_before_build(path, self.hf_config, self.dtype, self.device, load_format)
         t0 = time.perf_counter()
-        if getattr(model_cls, "is_transformers_backend", False) and load_format != "dummy":
+        if model_cls.is_transformers_backend and load_format != "dummy":
             # transformers loads its own model: its checkpoint conversions (MoE experts, renames) apply.
             net = model_cls.from_checkpoint(path, self.hf_config, self.dtype, self.device,
                                             trust_remote_code=trust_remote_code)
@@ -159,7 +159,7 @@ class LLM:
         eos = eos_token_ids(self.tokenizer, self.hf_config, generation_config(path))
         self.llm_engine = LLMEngine(
             net,
-            kv_cache_spec(self.hf_config, self.dtype, model_cls),
+            kv_cache_spec(net, self.dtype),
             tokenizer=self.tokenizer,
             device=self.device,
             max_model_len=max_model_len,

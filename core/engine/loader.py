@@ -12,10 +12,6 @@ from torch import nn
 
 from llmctl.core.errors import ModelReadError, WeightLoadError
 
-# Checkpoint tensors that are not weights of ours: old Llama checkpoints saved the rotary inv_freq buffer.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
 def _files_from_index(model_dir: Path, index_name: str) -> list[Path]:
     try:
         index = json.loads((model_dir / index_name).read_text())
@@ -79,49 +75,23 @@ def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]
     return iter_torch_bin(model_dir)
 
 
-def _target(model: nn.Module, name: str, params: dict) -> tuple[str, object]:
-    """Map a checkpoint name to (model parameter name, shard id or None) via packed_modules_mapping.
-
-    A model class may set `base_model_prefix` (as transformers does): checkpoints saved from the bare
-    base model (the hub's original `gpt2`) lack that prefix, and names not found as given are tried with it.
-    """
-    prefix = getattr(model, "base_model_prefix", None)
-    if prefix and name not in params and not name.startswith(prefix + "."):
-        if _target(model, f"{prefix}.{name}", params)[0] in params:
-            name = f"{prefix}.{name}"
-    for ckpt_part, (param_part, shard_id) in getattr(model, "packed_modules_mapping", {}).items():
-        token = f".{ckpt_part}."
-        if token in name:
-            return name.replace(token, f".{param_part}.", 1), shard_id
-    return name, None
-
-
-def _checkpoint_name(model: nn.Module, name: str, shard_id) -> str:
-    """The checkpoint name that fills shard `shard_id` of parameter `name` (the inverse of _target)."""
-    if shard_id is None:
-        return name
-    for ckpt_part, (param_part, shard) in model.packed_modules_mapping.items():
-        if shard == shard_id and f".{param_part}." in name:
-            return name.replace(f".{param_part}.", f".{ckpt_part}.", 1)
-    return f"{name} (shard {shard_id!r})"
-
-
 def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> set[str]:
     """Copy checkpoint tensors into `model`, converting to `dtype`; returns the parameter names filled.
 
-    Fused parameters (qkv_proj, gate_up_proj) are filled shard by shard through the owning module's
-    shard_slice(). Raises WeightLoadError naming the tensor for unexpected names, shape mismatches, and
+    Names go through the model's declared weights_mapper (model_defs/weights_mapper.py). Fused parameters
+    (qkv_proj, gate_up_proj) are filled shard by shard through the owning module's shard_slice(). Raises WeightLoadError naming the tensor for unexpected names, shape mismatches, and
     parameters (or shards) that the checkpoint does not provide. A tied lm_head counts as loaded with
     the embedding; a checkpoint's redundant copy of it is accepted.
     """
     params = dict(model.named_parameters(remove_duplicate=False))
     canonical = {id(p): n for n, p in model.named_parameters()}  # tied aliases -> one name
     filled: dict[str, set] = {}  # canonical name -> shard ids loaded ({None} for plain params)
-    ignored = _IGNORED_SUFFIXES + tuple(getattr(model, "ignored_checkpoint_suffixes", ()))
+    mapper = model.weights_mapper
     for ckpt_name, tensor in weights:
-        if ckpt_name.endswith(ignored):
+        target = mapper.target(ckpt_name, params)
+        if target is None:
             continue
-        name, shard_id = _target(model, ckpt_name, params)
+        name, shard_id = target
         param = params.get(name)
         if param is None:
             raise WeightLoadError(
@@ -157,7 +127,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
         if None in filled.get(name, set()):
             continue  # the checkpoint stores this parameter fused already (Phi-3's qkv_proj, gate_up_proj)
         for shard_id in expected - filled.get(name, set()):
-            missing.append(_checkpoint_name(model, name, shard_id))
+            missing.append(mapper.checkpoint_name(name, shard_id))
     if missing:
         missing.sort()
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

@@ -22,7 +22,7 @@ class MergedLinear(Linear):
 
     The loader fills shard `shard_id` of `weight` (and `bias`) from its own checkpoint tensor through
     shard_slice(); the model declares which checkpoint name maps to which shard in its
-    packed_modules_mapping.
+    weights_mapper.packed (model_defs/weights_mapper.py).
     """
 
     def __init__(self, in_features: int, output_sizes: Sequence[int], shard_ids: Sequence, bias: bool = False):

@@ -82,8 +82,12 @@ def test_num_blocks_for_budget_caps():
 def test_kv_cache_spec_and_allocation():
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3, head_dim=32)
-    spec = kv_cache_spec(cfg, torch.float32)
+    from llmctl.model_defs.llama import LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3, head_dim=32, vocab_size=32
+    )
+    spec = kv_cache_spec(LlamaForCausalLM(cfg), torch.float32)  # read from the attention layers built
     assert (spec.num_layers, spec.num_kv_heads, spec.head_dim) == (3, 2, 32)  # head_dim != hidden/heads
     caches = allocate_kv_caches(spec, num_blocks=5, block_size=4, device="cpu")
     assert len(caches) == 3

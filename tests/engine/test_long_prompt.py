@@ -96,7 +96,7 @@ def test_engine_refuses_a_max_model_len_past_the_rotary_cache(tiny_llama):
     path, _ = tiny_llama
     config = AutoConfig.from_pretrained(str(path))  # max_position_embeddings 128: a cache of 128 rows
     model = build_model(config, LlamaForCausalLM, torch.float32, "cpu", None)
-    spec = kv_cache_spec(config, torch.float32)
+    spec = kv_cache_spec(model, torch.float32)
     with pytest.raises(UsageError, match="rotary cache of 128 positions"):
         LLMEngine(model, spec, max_model_len=129, kv_cache_memory=1 << 20)
     assert LLMEngine(model, spec, max_model_len=128, kv_cache_memory=1 << 20).max_model_len == 128

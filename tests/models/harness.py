@@ -79,7 +79,7 @@ def model_class(config):
 
 
 def family(model_or_class):
-    """The model_defs module of a model (its kv_cache_shape, constants)."""
+    """The model_defs module of a model (its constants)."""
     cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
     return importlib.import_module(cls.__module__)
 
@@ -131,7 +131,7 @@ class PagedDriver:
     """A minimal stand-in for the engine: packs sequences, allocates shuffled KV blocks, builds metadata."""
 
     def __init__(self, model, config, num_blocks: int = 96, block_size: int = 4, use_cache: bool = True):
-        num_layers, num_kv_heads, head_dim = family(model).kv_cache_shape(config)
+        num_layers, num_kv_heads, head_dim = model.kv_cache_shape()
         self.model = model
         self.block_size = block_size
         self.device = next(model.parameters()).device
@@ -353,11 +353,11 @@ class Bench:
         assert torch.isfinite(logits).all() and logits.std() > 0
 
     def kv_cache_shape(self, name: str) -> tuple[int, int, int]:
-        """The family's kv_cache_shape(config); the engine's kv_cache_spec must size the cache the same."""
+        """The cache layout the built model's attention layers need; the engine's kv_cache_spec sizes the same."""
         from llmctl.core.engine.kv_cache import kv_cache_spec
 
-        _, ours, config = self.pair(name)
-        shape = family(ours).kv_cache_shape(config)
-        spec = kv_cache_spec(config, torch.float32, type(ours))
+        _, ours, _ = self.pair(name)
+        shape = ours.kv_cache_shape()
+        spec = kv_cache_spec(ours, torch.float32)
         assert (spec.num_layers, spec.num_kv_heads, spec.head_dim) == shape
         return shape

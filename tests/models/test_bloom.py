@@ -42,7 +42,7 @@ def test_alibi_matters(bench):
 def test_variants_follow_config(bench):
     _, tied, config = bench.pair("bloom")
     assert tied.lm_head.weight is tied.transformer.word_embeddings.weight
-    assert bloom.kv_cache_shape(config) == (2, 4, 16)
+    assert tied.kv_cache_shape() == (2, 4, 16)
     _, untied, _ = bench.pair("bloom_6heads")
     assert untied.lm_head.weight is not untied.transformer.word_embeddings.weight
     assert untied.transformer.h[0].residual_post_norm

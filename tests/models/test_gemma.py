@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmctl.core.engine.kv_cache import kv_cache_spec
 from llmctl.model_defs import gemma
 
 # --import-mode=importlib and no __init__.py: the harness is loaded by path.
@@ -27,7 +26,7 @@ def test_variants_follow_config(bench):
     assert g1.model.layers[0].self_attn.attn.scale == 32**-0.5
     assert g1.lm_head.weight is not g1.model.embed_tokens.weight
     assert g1.final_logit_softcapping is None
-    assert gemma.kv_cache_shape(g1_config) == (2, 2, 32)
+    assert g1.kv_cache_shape() == (2, 2, 32)
 
     _, g2, _ = bench.pair("gemma2")
     attn = [layer.self_attn.attn for layer in g2.model.layers]
@@ -36,7 +35,7 @@ def test_variants_follow_config(bench):
     assert g2.final_logit_softcapping == 2.0
     assert g2.lm_head.weight is g2.model.embed_tokens.weight  # tied, the Gemma default
 
-    _, g3, g3_config = bench.pair("gemma3")
+    _, g3, _ = bench.pair("gemma3")
     layers = g3.model.layers
     assert [layer.self_attn.attn.sliding_window for layer in layers] == [WINDOW, WINDOW, None]  # pattern 3
     assert all(layer.self_attn.attn.logit_softcap is None for layer in layers)
@@ -44,9 +43,7 @@ def test_variants_follow_config(bench):
     assert layers[1].self_attn.rotary_emb is local and global_ is not local
     assert local.rope_type == "default" and global_.rope_type == "linear"
     assert hasattr(layers[0].self_attn, "q_norm") and not hasattr(g2.model.layers[0].self_attn, "q_norm")
-    assert gemma.kv_cache_shape(g3_config) == (3, 2, 32)
-    spec = kv_cache_spec(g3_config, torch.float32)  # what the engine sizes its cache with
-    assert (spec.num_layers, spec.num_kv_heads, spec.head_dim) == gemma.kv_cache_shape(g3_config)
+    assert bench.kv_cache_shape("gemma3") == (3, 2, 32)  # global and sliding layers share one cache shape
 
 
 @pytest.mark.parametrize(

@@ -35,22 +35,22 @@ def test_sliding_window_changes_mistral_output(bench):
 
 
 def test_variants_follow_config(bench):
-    _, qwen3, qwen3_config = bench.pair("qwen3")
+    _, qwen3, _ = bench.pair("qwen3")
     assert [layer.self_attn.attn.sliding_window for layer in qwen3.model.layers] == [None, 6]
     assert hasattr(qwen3.model.layers[0].self_attn, "q_norm")
     _, qwen2, _ = bench.pair("qwen2")
     attn = qwen2.model.layers[0].self_attn
     assert attn.qkv_proj.bias is not None and attn.o_proj.bias is None
     assert qwen2.lm_head.weight is qwen2.model.embed_tokens.weight  # tied
-    _, llama3, llama3_config = bench.pair("llama3")
+    _, llama3, _ = bench.pair("llama3")
     assert llama3.lm_head.weight is not llama3.model.embed_tokens.weight
     assert llama3.model.layers[0].self_attn.qkv_proj.weight.shape == (4 * 32 + 2 * 2 * 32, 64)
-    assert llama.kv_cache_shape(llama3_config) == (2, 2, 32)
-    assert llama.kv_cache_shape(qwen3_config) == (2, 2, 32)
+    assert bench.kv_cache_shape("llama3") == (2, 2, 32)
+    assert bench.kv_cache_shape("qwen3") == (2, 2, 32)
 
 
 def test_exported_classes_cover_the_architectures():
     for arch in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         cls = getattr(llama, arch)
-        assert cls.packed_modules_mapping["q_proj"] == ("qkv_proj", "q")
-        assert cls.packed_modules_mapping["up_proj"] == ("gate_up_proj", 1)
+        assert cls.weights_mapper.packed["q_proj"] == ("qkv_proj", "q")
+        assert cls.weights_mapper.packed["up_proj"] == ("gate_up_proj", 1)

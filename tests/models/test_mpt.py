@@ -50,6 +50,6 @@ def test_variants_follow_config(bench):
     block = ours.transformer.blocks[0]
     assert block.norm_1.bias is None and block.attn.Wqkv.bias is None and block.ffn.up_proj.bias is None
     assert block.attn.attn.scale == pytest.approx(16**-0.5)
-    assert mpt.kv_cache_shape(config) == (2, 4, 16)
+    assert ours.kv_cache_shape() == (2, 4, 16)
     _, clip, _ = bench.pair("mpt_clip")
     assert type(clip) is mpt.MptForCausalLM and clip.transformer.blocks[0].attn.attn.scale == 0.3

@@ -28,7 +28,7 @@ def test_variants_follow_config(bench):
     assert layer.self_attn.qkv_proj.bias is None and layer.fc1.bias is None
     assert layer.final_layer_norm.weight is None
     assert plain.lm_head.weight is not plain.model.decoder.embed_tokens.weight
-    assert opt.kv_cache_shape(config) == (2, 4, 16)
+    assert bench.kv_cache_shape("opt") == (2, 4, 16)
 
 
 def test_position_offset_matters(bench):

@@ -122,7 +122,7 @@ def test_prefill_logits_match_hf_and_no_mask_is_built(starcoder2, monkeypatch):
     folder, hf = starcoder2
     config = load_hf_config(folder)
     model = build_model(config, tb.TransformersForCausalLM, torch.float32, "cpu", iter_safetensors(folder))
-    spec = kv_cache_spec(config, torch.float32, tb.TransformersForCausalLM)
+    spec = kv_cache_spec(model, torch.float32)
     assert (spec.num_layers, spec.num_kv_heads, spec.head_dim) == (2, 2, 8)
     block = 4
     caches = [torch.zeros(2, 16, block, spec.num_kv_heads, spec.head_dim) for _ in range(spec.num_layers)]
