@@ -12,7 +12,7 @@ from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
-from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
@@ -62,7 +62,7 @@ class BertSelfOutput(nn.Module):
 
     def __init__(self, config, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(in_features, config.hidden_size, bias=True)
+        self.dense = Linear(in_features, config.hidden_size, bias=True)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,7 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.dense = Linear(config.hidden_size, config.intermediate_size, bias=True)
         self.intermediate_act_fn = get_act_fn(config.hidden_act)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

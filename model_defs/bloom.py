@@ -11,6 +11,7 @@ from llmctl.model_defs.layers.alibi import bloom_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
+from llmctl.model_defs.layers.linear import Linear
 from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
@@ -20,8 +21,8 @@ class BloomAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // self.num_heads
         # Fused per head: output rows are [q_h | k_h | v_h] for head h = 0, 1, ... (not q | k | v).
-        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
+        self.dense = Linear(config.hidden_size, config.hidden_size, bias=True)
         # transformers adds slope * key_position to the scaled scores; the kernel adds slope * (key - query)
         # position, which differs by a constant per query row that the softmax cancels.
         self.attn = Attention(
@@ -42,9 +43,9 @@ class BloomAttention(nn.Module):
 class BloomMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size)
+        self.dense_h_to_4h = Linear(config.hidden_size, 4 * config.hidden_size)
         self.gelu_impl = GELU("tanh")  # BLOOM's bias-gelu is the tanh approximation
-        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
+        self.dense_4h_to_h = Linear(4 * config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense_4h_to_h(self.gelu_impl(self.dense_h_to_4h(x)))

@@ -11,6 +11,7 @@ from llmctl.model_defs.layers.alibi import bloom_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
+from llmctl.model_defs.layers.linear import Linear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
 from llmctl.model_defs.weights_mapper import WeightsMapper
 
@@ -36,8 +37,8 @@ class FalconAttention(nn.Module):
         self.head_dim = config.hidden_size // self.num_heads
         self.new_decoder_architecture = config.new_decoder_architecture
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.query_key_value = nn.Linear(config.hidden_size, qkv_out, bias=config.bias)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
+        self.query_key_value = Linear(config.hidden_size, qkv_out, bias=config.bias)
+        self.dense = Linear(config.hidden_size, config.hidden_size, bias=config.bias)
         scale = self.head_dim**-0.5
         if config.alibi:
             # falcon-rw: transformers (like the original code) builds slope * key_position in bfloat16 and
@@ -76,9 +77,9 @@ class FalconMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         ffn = getattr(config, "ffn_hidden_size", None) or 4 * config.hidden_size
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, ffn, bias=config.bias)
+        self.dense_h_to_4h = Linear(config.hidden_size, ffn, bias=config.bias)
         self.act = get_act_fn(getattr(config, "activation", "gelu"))
-        self.dense_4h_to_h = nn.Linear(ffn, config.hidden_size, bias=config.bias)
+        self.dense_4h_to_h = Linear(ffn, config.hidden_size, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))

@@ -14,7 +14,7 @@ from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.gemma_norm import GemmaRMSNorm
-from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.layers.mlp import GatedMLP
 from llmctl.model_defs.layers.rotary import get_rope_from_config
 from llmctl.model_defs.weights_mapper import QKV_GATE_UP_PACKED, WeightsMapper
@@ -76,7 +76,7 @@ class GemmaAttention(nn.Module):
         bias = getattr(config, "attention_bias", False)
 
         self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=bias)
         self.qk_norm = variant.qk_norm
         if variant.qk_norm:
             self.q_norm = GemmaRMSNorm(self.head_dim, eps=config.rms_norm_eps)

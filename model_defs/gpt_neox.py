@@ -12,6 +12,7 @@ from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
 from llmctl.model_defs.layers.layout_linear import HeadInterleavedQKVLinear
+from llmctl.model_defs.layers.linear import Linear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
 from llmctl.model_defs.weights_mapper import WeightsMapper
 
@@ -24,7 +25,7 @@ class GPTNeoXAttention(nn.Module):
         bias = getattr(config, "attention_bias", True)
         # query_key_value is stored per head (nh, 3, hd) in the checkpoint; loading regroups it to q | k | v.
         self.query_key_value = HeadInterleavedQKVLinear(config.hidden_size, head_dim, num_heads, bias=bias)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.dense = Linear(config.hidden_size, config.hidden_size, bias=bias)
         # Partial rotary: the first rotary_pct of each head's dims, neox (half-split) style.
         self.rotary_emb = get_rope_from_config(config, head_dim, is_neox_style=True)
         self.attn = Attention(num_heads, head_dim, head_dim**-0.5, num_heads, layer_idx)
@@ -38,8 +39,8 @@ class GPTNeoXAttention(nn.Module):
 class GPTNeoXMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense_h_to_4h = Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = Linear(config.intermediate_size, config.hidden_size)
         self.act = get_act_fn(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

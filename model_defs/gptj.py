@@ -11,7 +11,7 @@ from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
-from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
 from llmctl.model_defs.weights_mapper import QKV_PACKED, WeightsMapper
 
@@ -22,7 +22,7 @@ class GPTJAttention(nn.Module):
         num_heads = config.n_head
         head_dim = config.n_embd // num_heads
         self.qkv_proj = QKVLinear(config.n_embd, head_dim, num_heads, num_heads, bias=False)
-        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.out_proj = Linear(config.n_embd, config.n_embd, bias=False)
         # GPT-J rotates pairs (2i, 2i+1) of the first rotary_dim dims of each head (rotate_every_two).
         self.rotary_emb = get_rope_from_config(config, head_dim, is_neox_style=False)
         self.attn = Attention(num_heads, head_dim, head_dim**-0.5, num_heads, layer_idx)
@@ -37,8 +37,8 @@ class GPTJMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
-        self.fc_in = nn.Linear(config.n_embd, inner)
-        self.fc_out = nn.Linear(inner, config.n_embd)
+        self.fc_in = Linear(config.n_embd, inner)
+        self.fc_out = Linear(inner, config.n_embd)
         self.act = get_act_fn(config.activation_function)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

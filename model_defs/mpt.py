@@ -11,6 +11,7 @@ from llmctl.model_defs.layers.alibi import mpt_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
+from llmctl.model_defs.layers.linear import Linear
 from llmctl.model_defs.weights_mapper import WeightsMapper
 
 
@@ -31,8 +32,8 @@ class MptAttention(nn.Module):
         self.head_dim = config.d_model // self.num_heads
         # mpt-30b-instruct and others clip the fused projection; None (most configs) means no clipping.
         self.clip_qkv = attn_config_value(config, "clip_qkv")
-        self.Wqkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
-        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.Wqkv = Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out_proj = Linear(config.d_model, config.d_model, bias=False)
         scale = attn_config_value(config, "softmax_scale", self.head_dim**-0.5)
         # transformers builds the bias with the default alibi_bias_max of 8 whatever the config says;
         # every released MPT config stores 8, so reading it from the config agrees with them.
@@ -51,9 +52,9 @@ class MptMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         inner = int(getattr(config, "expansion_ratio", 4) * config.d_model)
-        self.up_proj = nn.Linear(config.d_model, inner, bias=False)
+        self.up_proj = Linear(config.d_model, inner, bias=False)
         self.act = GELU("none")
-        self.down_proj = nn.Linear(inner, config.d_model, bias=False)
+        self.down_proj = Linear(inner, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))

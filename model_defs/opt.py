@@ -10,7 +10,7 @@ from llmctl.model_defs.layers.act_fn import get_act_fn
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import LMHead, VocabEmbedding
-from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.weights_mapper import QKV_PACKED, WeightsMapper
 
 # OPT's learned position table starts at row 2 (fairseq reserved rows 0-1 for padding).
@@ -29,7 +29,7 @@ class OPTAttention(nn.Module):
         self.head_dim = config.hidden_size // self.num_heads
         bias = getattr(config, "enable_bias", True)
         self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_heads, bias)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.out_proj = Linear(config.hidden_size, config.hidden_size, bias=bias)
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_heads, layer_idx)
 
     def forward(self, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -45,9 +45,9 @@ class OPTDecoderLayer(nn.Module):
         self.do_layer_norm_before = config.do_layer_norm_before
         self.self_attn = OPTAttention(config, layer_idx)
         self.self_attn_layer_norm = _layer_norm(config, config.hidden_size)
-        self.fc1 = nn.Linear(config.hidden_size, config.ffn_dim, bias=bias)
+        self.fc1 = Linear(config.hidden_size, config.ffn_dim, bias=bias)
         self.activation_fn = get_act_fn(config.activation_function)
-        self.fc2 = nn.Linear(config.ffn_dim, config.hidden_size, bias=bias)
+        self.fc2 = Linear(config.ffn_dim, config.hidden_size, bias=bias)
         self.final_layer_norm = _layer_norm(config, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -75,8 +75,8 @@ class OPTDecoder(nn.Module):
         self.embed_positions = VocabEmbedding(config.max_position_embeddings + POSITION_OFFSET, config.hidden_size)
         # opt-350m embeds in 512 dims and projects to/from its 1024-dim hidden size.
         projected = proj_dim != config.hidden_size
-        self.project_in = nn.Linear(proj_dim, config.hidden_size, bias=False) if projected else None
-        self.project_out = nn.Linear(config.hidden_size, proj_dim, bias=False) if projected else None
+        self.project_in = Linear(proj_dim, config.hidden_size, bias=False) if projected else None
+        self.project_out = Linear(config.hidden_size, proj_dim, bias=False) if projected else None
         self.layers = nn.ModuleList([OPTDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         # _remove_final_layer_norm: only in configs of checkpoints converted before the final norm existed.
         has_final = config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False)

@@ -11,7 +11,7 @@ from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
 from llmctl.model_defs.layers.layernorm import LayerNorm
-from llmctl.model_defs.layers.linear import QKVLinear
+from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.layers.rotary import get_rope_from_config
 from llmctl.model_defs.weights_mapper import QKV_PACKED, WeightsMapper
 
@@ -25,7 +25,7 @@ class PhiAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=True)
-        self.dense = nn.Linear(self.q_size, config.hidden_size, bias=True)
+        self.dense = Linear(self.q_size, config.hidden_size, bias=True)
         self.qk_layernorm = getattr(config, "qk_layernorm", False)
         if self.qk_layernorm:  # LayerNorm over each head of q and k before rope
             self.q_layernorm = LayerNorm(self.head_dim, eps=config.layer_norm_eps)
@@ -45,8 +45,8 @@ class PhiAttention(nn.Module):
 class PhiMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
         self.activation_fn = get_act_fn(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from llmctl.model_defs.layers.linear import Linear
 
 
-class Conv1DLinear(nn.Linear):
-    """An nn.Linear filled from a transformers Conv1D (GPT-2), whose checkpoint weight is (in, out), not (out, in).
+class Conv1DLinear(Linear):
+    """A Linear filled from a transformers Conv1D (GPT-2), whose checkpoint weight is (in, out), not (out, in).
 
     The generic loader calls from_checkpoint_layout() on each tensor it copies into this module.
     """
@@ -16,7 +17,7 @@ class Conv1DLinear(nn.Linear):
         return tensor.t() if param_name == "weight" else tensor
 
 
-class HeadInterleavedQKVLinear(nn.Linear):
+class HeadInterleavedQKVLinear(Linear):
     """Fused q|k|v projection whose checkpoint rows are grouped per head: (nh, 3, hd) as GPT-NeoX and BLOOM store
     query_key_value. Loading regroups them to q|k|v (3, nh, hd), so forward's output splits like QKVLinear's.
     """

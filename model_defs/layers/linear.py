@@ -1,8 +1,10 @@
-"""Linear layers: the dispatched one, and those whose output stacks several checkpoint tensors (qkv, gate_up)."""
+"""The one linear layer of every projection, its pluggable method, and the fused ones (qkv, gate_up)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -10,15 +12,78 @@ from torch import nn
 from llmctl.kernels.dispatch import get_op
 
 
-class Linear(nn.Linear):
-    """nn.Linear through the dispatched `linear` op: the small-M GEMV kernel for decode rows, cuBLAS otherwise."""
+class LinearMethod:
+    """How a Linear holds and applies its parameters (vLLM's LinearMethodBase).
+
+    A quantized format or a tensor-parallel split is a new method handed to the layers, not an edit to the
+    family files. Loading stays generic: the loader copies each checkpoint tensor into the parameter of the
+    same name (through shard_slice / from_checkpoint_layout where the layer has them).
+    """
+
+    def create_weights(self, layer: Linear) -> None:
+        """Register the layer's parameters (under the checkpoint's names) for in_features -> out_features."""
+        raise NotImplementedError
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> (..., out_features)."""
+        raise NotImplementedError
+
+    def fusable(self, layer: Linear) -> bool:
+        """Whether fused kernels may read layer.weight / layer.bias as a plain (out, in) matrix (norm + GEMV)."""
+        return False
+
+
+class UnquantizedLinearMethod(LinearMethod):
+    """weight (out, in) and an optional bias (out,) in the model dtype, through the dispatched `linear` op."""
+
+    def create_weights(self, layer: Linear) -> None:
+        layer.weight = nn.Parameter(torch.empty(layer.out_features, layer.in_features), requires_grad=False)
+        bias = nn.Parameter(torch.empty(layer.out_features), requires_grad=False) if layer.has_bias else None
+        layer.register_parameter("bias", bias)
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        # The small-M GEMV kernel for decode rows, cuBLAS otherwise (kernels/gemv.py).
+        return get_op("linear", x.device)(x, layer.weight, layer.bias)
+
+    def fusable(self, layer: Linear) -> bool:
+        return True
+
+
+UNQUANTIZED = UnquantizedLinearMethod()
+_METHOD: ContextVar[LinearMethod] = ContextVar("linear_method", default=UNQUANTIZED)
+
+
+@contextlib.contextmanager
+def linear_method(method: LinearMethod) -> Iterator[None]:
+    """Every Linear built inside takes `method`: how a whole model gets another method with no family edit."""
+    token = _METHOD.set(method)
+    try:
+        yield
+    finally:
+        _METHOD.reset(token)
+
+
+class Linear(nn.Module):
+    """x (..., in_features) -> (..., out_features): every projection of every family, its parameters and compute
+    owned by its method (linear_method()'s, unquantized by default). bias defaults to True, as nn.Linear's."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, method: LinearMethod | None = None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.has_bias = bias
+        self.method = method or _METHOD.get()
+        self.method.create_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return get_op("linear", x.device)(x, self.weight, self.bias)
+        return self.method.apply(self, x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}"
 
 
 class MergedLinear(Linear):
-    """One nn.Linear whose output rows are the concatenation of named shards, e.g. q|k|v or gate|up.
+    """One Linear whose output rows are the concatenation of named shards, e.g. q|k|v or gate|up.
 
     The loader fills shard `shard_id` of `weight` (and `bias`) from its own checkpoint tensor through
     shard_slice(); the model declares which checkpoint name maps to which shard in its

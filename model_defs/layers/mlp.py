@@ -7,7 +7,7 @@ from torch import nn
 
 from llmctl.kernels.dispatch import get_op
 from llmctl.model_defs.layers.activation import get_act_and_mul
-from llmctl.model_defs.layers.linear import MergedLinear
+from llmctl.model_defs.layers.linear import Linear, MergedLinear
 
 
 class GatedMLP(nn.Module):
@@ -16,7 +16,7 @@ class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool = False):
         super().__init__()
         self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size] * 2, [0, 1], bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
         self.act_fn = get_act_and_mul(hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -24,5 +24,7 @@ class GatedMLP(nn.Module):
 
     def down(self, gate_up: torch.Tensor) -> torch.Tensor:
         """(T, 2I) -> (T, H): the activation and the down projection, one kernel for the few rows of a decode step."""
+        if not self.down_proj.method.fusable(self.down_proj):
+            return self.down_proj(self.act_fn(gate_up))
         op = get_op("act_and_mul_linear", gate_up.device)
         return op(gate_up, self.down_proj.weight, self.down_proj.bias, act=self.act_fn.name)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from llmctl.kernels.dispatch import get_op
+from llmctl.model_defs.layers.linear import Linear
 
 
 class RMSNorm(nn.Module):
@@ -28,10 +29,15 @@ class RMSNorm(nn.Module):
 
 
 def norm_then_linear(
-    norm: RMSNorm, linear: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None
+    norm: RMSNorm, linear: Linear, x: torch.Tensor, residual: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(norm(x [+ residual])), the residual stream after the add): one kernel for the few rows of a decode
     step, the norm kernel then the GEMM for larger batches (kernels/gemv.py). With residual None, x starts it."""
+    if not linear.method.fusable(linear):  # the linear's weights are not a plain matrix the fused kernel can read
+        if residual is None:
+            return linear(norm(x)), x
+        normed, residual = norm(x, residual)
+        return linear(normed), residual
     out, new_residual = get_op("rms_norm_linear", x.device)(
         x, residual, norm.weight, norm.eps, linear.weight, linear.bias
     )
