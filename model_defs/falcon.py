@@ -68,9 +68,8 @@ class FalconAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self._split(self.query_key_value(hidden_states))
-        if self.rotary_emb is not None:
-            q, k = self.rotary_emb(positions, q, k)
-        return self.dense(self.attn(q, k, v, ctx))
+        # The attention layer applies the rope (None with ALiBi): with a KV cache, in the cache-write kernel.
+        return self.dense(self.attn(q, k, v, ctx, rope=self.rotary_emb, positions=positions))
 
 
 class FalconMLP(nn.Module):

@@ -103,8 +103,8 @@ class GemmaAttention(nn.Module):
         if self.qk_norm:
             q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).reshape(-1, self.q_size)
             k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).reshape(-1, self.kv_size)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, ctx))
+        # The attention layer applies the rope: with a KV cache it rotates q/k and writes k/v in one kernel.
+        return self.o_proj(self.attn(q, k, v, ctx, rope=self.rotary_emb, positions=positions))
 
 
 class GemmaMLP(GatedMLP):

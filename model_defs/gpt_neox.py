@@ -32,8 +32,8 @@ class GPTNeoXAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.query_key_value(hidden_states).chunk(3, dim=-1)  # 3 x (T, H)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.dense(self.attn(q, k, v, ctx))
+        # The attention layer applies the rope: with a KV cache it rotates q/k and writes k/v in one kernel.
+        return self.dense(self.attn(q, k, v, ctx, rope=self.rotary_emb, positions=positions))
 
 
 class GPTNeoXMLP(nn.Module):

@@ -29,8 +29,8 @@ class GPTJAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden_states).chunk(3, dim=-1)  # 3 x (T, H)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.out_proj(self.attn(q, k, v, ctx))
+        # The attention layer applies the rope: with a KV cache it rotates q/k and writes k/v in one kernel.
+        return self.out_proj(self.attn(q, k, v, ctx, rope=self.rotary_emb, positions=positions))
 
 
 class GPTJMLP(nn.Module):

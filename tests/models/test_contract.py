@@ -1,6 +1,6 @@
 """The model contract (model_defs/base.py): every native family declares it, the KV-cache layout comes from the
-attention layers built (and agrees with what `check` reads from config.json), and one weights mapper serves
-generation and embedding checkpoints alike."""
+attention layers built (and agrees with what `check` reads from config.json), one weights mapper serves
+generation and embedding checkpoints alike, and the fused rope path belongs to the attention layer."""
 
 from __future__ import annotations
 
@@ -16,9 +16,16 @@ from llmctl.model_defs.base import CausalLM, EmbeddingModel, kv_cache_shape_of
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.weights_mapper import WeightsMapper
 
-_spec = importlib.util.spec_from_file_location("cases", Path(__file__).with_name("cases.py"))
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
+
+def _load(name: str):
+    # --import-mode=importlib and no __init__.py: helper modules are loaded by path.
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cases, harness = _load("cases"), _load("harness")
 
 
 def _native_classes(task: str) -> dict:
@@ -126,3 +133,21 @@ def test_a_family_declares_only_its_differences():
         model.transformer.wte.weight.copy_(torch.randn(10, 8))
     hidden = model(torch.tensor([1, 2]), torch.arange(2), None)
     torch.testing.assert_close(model.compute_logits(hidden), hidden @ model.transformer.wte.weight.T)
+
+
+@pytest.mark.parametrize("name", cases.STRICT)
+def test_every_rotary_family_hands_its_rope_to_the_attention_layer(bench, name, monkeypatch):
+    """The fused path (rope, cache write and attention in one kernel) is the layer's, so every family gets it."""
+    from llmctl.model_defs.layers.rotary import RotaryEmbedding
+
+    _, ours, _ = bench.pair(name)
+    has_rope = any(isinstance(m, RotaryEmbedding) for m in ours.modules())
+    handed, forward = [], Attention.forward
+
+    def spy(self, q, k, v, ctx, rope=None, positions=None):
+        handed.append(rope is not None and positions is not None)
+        return forward(self, q, k, v, ctx, rope=rope, positions=positions)
+
+    monkeypatch.setattr(Attention, "forward", spy)
+    harness.one_shot_logits(ours, [3, 1, 4, 1, 5])
+    assert handed and all(h == has_rope for h in handed)

@@ -14,12 +14,16 @@ from torch import nn
 
 from llmctl.model_defs.layers.linear import UNQUANTIZED, Linear, UnquantizedLinearMethod, linear_method
 
-_spec = importlib.util.spec_from_file_location("cases", Path(__file__).with_name("cases.py"))
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
-_hspec = importlib.util.spec_from_file_location("harness", Path(__file__).with_name("harness.py"))
-harness = importlib.util.module_from_spec(_hspec)
-_hspec.loader.exec_module(harness)
+
+def _load(name: str):
+    # --import-mode=importlib and no __init__.py: helper modules are loaded by path.
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cases, harness = _load("cases"), _load("harness")
 
 # One case per family file (and opt-350m's project_in / project_out).
 FAMILIES = ["llama3", "qwen2", "gemma3", "gpt2", "gptj", "neox_parallel", "phi_qk_gqa", "phi3", "opt_350m", "bloom",
