@@ -48,9 +48,10 @@ def kv_cache_shape_of(model: nn.Module) -> tuple[int, int, int]:
 class CausalLM(nn.Module):
     """A generation model: model(input_ids (T,), positions (T,), ctx) -> hidden (T, H); compute_logits -> (N, V).
 
-    A family subclasses it and declares only what differs from these defaults; the engine reads nothing
-    else from a model. The backbone (`<Fam>Model`) is built under the checkpoint's name for it, the LM
-    head beside it, tied to the input embedding when the config says so.
+    A family subclasses it and declares only what differs from these defaults; the engine uses nothing else
+    of a model (besides its config and the layers it walks: Attention for the cache, RotaryEmbedding for the
+    longest position). The backbone (`<Fam>Model`) is built under the checkpoint's name for it, the LM head
+    beside it, tied to the input embedding when the config says so. ADDING_A_MODEL.md walks through one.
     """
 
     # The family's base model class: backbone_cls(config) (build_backbone may pass more, e.g. a variant).
