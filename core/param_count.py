@@ -94,7 +94,7 @@ def _layout(spec: ModelSpec) -> _Layout:
     if fam == "olmo2":  # no pre-norms: post-attention and post-feed-forward norms
         bias = bool(c.get("attention_bias", False))
         return _Layout(qkv_bias=bias, o_bias=bias, qk_norm_full=True)
-    if fam == "starcoder2":  # use_bias defaults to True in Starcoder2Config
+    if fam == "starcoder2":
         bias = bool(c.get("use_bias", True))
         return _Layout(qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated=False, norm_bias=True)
     if fam == "gemma2":
@@ -164,9 +164,9 @@ def _ffn(spec: ModelSpec, lay: _Layout, index: int) -> tuple[int, int | None]:
 
 
 def _tied(spec: ModelSpec) -> bool:
-    # Gemma3TextConfig and Starcoder2Config tie by default: a config.json without the key has a tied head
+    # Gemma3TextConfig ties by default: a gemma3_text config.json without the key has a tied head
     keys = spec.text_config.keys() | spec.config.keys()
-    if spec.text_family in ("gemma3_text", "starcoder2") and "tie_word_embeddings" not in keys:
+    if spec.text_family == "gemma3_text" and "tie_word_embeddings" not in keys:
         return True
     return spec.tie_word_embeddings
 
