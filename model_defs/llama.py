@@ -138,7 +138,13 @@ class LlamaDecoderLayer(nn.Module):
             hidden_states = hidden_states * self.residual_multiplier
         return hidden_states, residual
 
-    def _forward_post_norms(self, positions, hidden_states, residual, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_post_norms(
+        self,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        residual: torch.Tensor | None,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """OLMo 2: stream + norm(attn(stream)), then + norm(mlp(stream)); returns (normed MLP output, stream)."""
         stream = hidden_states if residual is None else hidden_states + residual  # (T, H)
         attn_out = self.self_attn(positions, self.self_attn.qkv_proj(stream), ctx)

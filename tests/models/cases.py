@@ -178,6 +178,11 @@ LLAMA_LIKE = {
     "granite": Case("GraniteConfig", dict(_LLAMA, tie_word_embeddings=True, embedding_multiplier=12.0,
                                           residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0),
                     dict(rope_theta=10000.0, rope_scaling=None), _ROPE),
+    # Biases on every projection (attention_bias, mlp_bias), untied head, other multiplier values.
+    "granite_bias": Case("GraniteConfig", dict(_LLAMA, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+                                               embedding_multiplier=4.0, residual_multiplier=0.5,
+                                               attention_multiplier=0.125, logits_scaling=2.5),
+                         dict(rope_theta=10000.0, rope_scaling=None), _ROPE),
     # starcoder2-3b style: config.json without tie_word_embeddings (tied by default), biases, LayerNorm, GELU MLP,
     # sliding window 7 on every layer.
     "starcoder2": Case("Starcoder2Config", dict(_STARCODER2, sliding_window=7, use_bias=True),
