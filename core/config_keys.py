@@ -77,6 +77,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                  num_attention_heads=32, hidden_act="silu", max_position_embeddings=4096, tie_word_embeddings=False,
                  rope_theta=10000.0),
+    "starcoder2": dict(vocab_size=49152, hidden_size=3072, intermediate_size=12288, num_hidden_layers=30,
+                       num_attention_heads=24, num_key_value_heads=2, hidden_act="gelu_pytorch_tanh",
+                       max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=10000.0, use_bias=True),
+    "olmo2": dict(vocab_size=50304, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048, tie_word_embeddings=False,
+                  rope_theta=10000.0, attention_bias=False),
+    "granite": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                    num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048, tie_word_embeddings=False,
+                    rope_theta=10000.0, attention_bias=False, mlp_bias=False, embedding_multiplier=1.0,
+                    residual_multiplier=1.0, attention_multiplier=1.0, logits_scaling=1.0),
     "bert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
                  tie_word_embeddings=True),
@@ -126,7 +136,7 @@ INFERABLE_ARCHITECTURES = {
 
 _RMS_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
                  "gemma3_text", "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "baichuan", "internlm", "internlm2", "t5",
-                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v"}
+                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v", "olmo2", "granite"}
 _LEARNED_POSITIONS = {"gpt2", "opt", "bert", "xlm-roberta", "roberta", "bart", "mpnet", "distilbert", "electra"}
 
 

@@ -71,6 +71,7 @@ class _Layout:
     norms_per_layer: int = 2
     qk_norm: int = 0  # size of each per-layer q_norm / k_norm (0: none)
     qk_norm_bias: bool = False
+    qk_norm_full: bool = False  # OLMo 2: q_norm over all query heads, k_norm over all kv heads
     final_norm: bool = True
     positions: int = 0  # rows of a learned position table
     embed_norm: bool = False  # BLOOM word_embeddings_layernorm
@@ -80,7 +81,7 @@ class _Layout:
 def _layout(spec: ModelSpec) -> _Layout:
     c, fam = spec.text_config, spec.text_family
     if fam in ("llama", "yi", "mistral", "mixtral", "baichuan", "phi3", "gemma", "deepseek", "llava", "phi3_v",
-               "deepseek_v2", "deepseek_v3"):
+               "deepseek_v2", "deepseek_v3", "granite"):
         bias = bool(c.get("attention_bias", False))
         return _Layout(qkv_bias=bias, o_bias=bias, mlp_bias=bool(c.get("mlp_bias", False)))
     if fam in ("qwen2", "qwen2_vl", "qwen2_5_vl", "internvl"):
@@ -90,6 +91,12 @@ def _layout(spec: ModelSpec) -> _Layout:
     if fam in ("qwen3", "qwen3_moe"):
         bias = bool(c.get("attention_bias", False))
         return _Layout(qkv_bias=bias, o_bias=bias, qk_norm=spec.head_dim)
+    if fam == "olmo2":  # no pre-norms: post-attention and post-feed-forward norms
+        bias = bool(c.get("attention_bias", False))
+        return _Layout(qkv_bias=bias, o_bias=bias, qk_norm_full=True)
+    if fam == "starcoder2":
+        bias = bool(c.get("use_bias", True))
+        return _Layout(qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated=False, norm_bias=True)
     if fam == "gemma2":
         return _Layout(norms_per_layer=4)
     if fam == "gemma3_text":  # Gemma 2's four norms per layer, plus q_norm / k_norm over head_dim
@@ -173,6 +180,8 @@ def _decoder(spec: ModelSpec) -> Counts:
     else:
         attn = _attention(spec, qkv_bias=lay.qkv_bias, o_bias=lay.o_bias)
     per_layer = attn + lay.norms_per_layer * _norm(h, lay.norm_bias) + 2 * _norm(lay.qk_norm, lay.qk_norm_bias)
+    if lay.qk_norm_full:
+        per_layer += (spec.num_attention_heads + spec.num_kv_heads) * spec.head_dim
     inactive = 0
     for index in range(spec.num_layers):
         ffn, idle = _ffn(spec, lay, index)

@@ -64,6 +64,8 @@ _NATIVE_ROWS: tuple[ArchInfo, ...] = (
     _native("MistralForCausalLM", "llama", "llama", "strict"),
     _native("Qwen2ForCausalLM", "llama", "llama", "strict"),
     _native("Qwen3ForCausalLM", "llama", "llama", "strict"),
+    _native("Olmo2ForCausalLM", "olmo2", "olmo2", "strict"),  # the Llama decoder with post-norms
+    _native("GraniteForCausalLM", "granite", "granite", "strict"),  # the Llama decoder with scalar multipliers
     # Dense decoders
     _native("GemmaForCausalLM", "gemma", "gemma", "strict"),
     _native("Gemma2ForCausalLM", "gemma2", "gemma", "strict"),
@@ -78,6 +80,7 @@ _NATIVE_ROWS: tuple[ArchInfo, ...] = (
     _native("MptForCausalLM", "mpt", "mpt", "strict"),  # the spelling transformers writes when it saves
     _native("PhiForCausalLM", "phi", "phi", "strict"),
     _native("Phi3ForCausalLM", "phi3", "phi3", "strict"),
+    _native("Starcoder2ForCausalLM", "starcoder2", "starcoder2", "strict"),
     # Embedding models
     _native("BertModel", "bert", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
     _native("XLMRobertaModel", "xlm_roberta", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
@@ -115,11 +118,11 @@ TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
     "AfmoeForCausalLM", "ApertusForCausalLM", "ArceeForCausalLM", "Cohere2ForCausalLM", "CohereForCausalLM",
     "CwmForCausalLM", "DbrxForCausalLM", "Dots1ForCausalLM", "Ernie4_5ForCausalLM", "Ernie4_5_MoeForCausalLM",
     "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM", "Glm4ForCausalLM",
-    "Glm4MoeForCausalLM", "GlmForCausalLM", "GraniteForCausalLM", "GraniteMoeForCausalLM",
-    "GraniteMoeSharedForCausalLM", "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM",
-    "MiniCPM3ForCausalLM", "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo2ForCausalLM",
-    "Olmo3ForCausalLM", "OlmoForCausalLM", "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM",
-    "Qwen3MoeForCausalLM", "SeedOssForCausalLM", "SmolLM3ForCausalLM", "Starcoder2ForCausalLM",
+    "Glm4MoeForCausalLM", "GlmForCausalLM", "GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM",
+    "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM", "MiniCPM3ForCausalLM",
+    "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo3ForCausalLM", "OlmoForCausalLM",
+    "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "SeedOssForCausalLM",
+    "SmolLM3ForCausalLM",
 ), "strict")  # fmt: skip
 
 

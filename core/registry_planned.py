@@ -74,7 +74,6 @@ GlmForCausalLM                               glm                 generate+embed 
 GPT2ForSequenceClassification                gpt-sw3             embed           decoder-only
 GPTBigCodeForCausalLM                        gpt_bigcode         generate        decoder-only
 GptOssForCausalLM                            gpt_oss             generate        moe
-GraniteForCausalLM                           granite             generate        decoder-only
 GraniteMoeForCausalLM                        granitemoe          generate        moe
 GraniteMoeHybridForCausalLM                  granitemoehybrid    generate        hybrid
 GraniteMoeSharedForCausalLM                  granitemoeshared    generate        moe
@@ -150,7 +149,6 @@ NemotronHForCausalLM                         nemotron_h          generate       
 NemotronH_Nano_VL_V2                         nemotron_h_vl       generate        multimodal
 NomicBertModel                               nomic_bert          embed           encoder-only
 NVLM_D                                       nvlm_d              generate        multimodal
-Olmo2ForCausalLM                             olmo2               generate        decoder-only
 Olmo3ForCausalLM                             olmo3               generate        decoder-only
 OlmoeForCausalLM                             olmoe               generate        moe
 OlmoForCausalLM                              olmo                generate        decoder-only
@@ -201,7 +199,6 @@ SmolVLMForConditionalGeneration              smolvlm             generate       
 SolarForCausalLM                             solar               generate        decoder-only
 StableLMEpochForCausalLM                     stablelm            generate        decoder-only
 StableLmForCausalLM                          stablelm            generate        decoder-only
-Starcoder2ForCausalLM                        starcoder2          generate        decoder-only
 Step3TextForCausalLM                         step3_text          generate        moe
 Step3VLForConditionalGeneration              step3_vl            generate        multimodal
 T5ForConditionalGeneration                   t5                  generate        encoder-decoder

@@ -1,4 +1,4 @@
-"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2, Qwen3) compatible with HF weights."""
+"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite) with HF weights."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ class LlamaVariant:
 
     qkv_bias: bool | None = None  # None: config.attention_bias (Llama); Qwen2 always has q/k/v bias
     o_bias: bool | None = None  # None: config.attention_bias; Qwen2 has none
-    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k before rope
+    qk_norm: str = "none"  # RMSNorm of q and k before rope: "head" (Qwen3) over each head, "full" (OLMo 2) over all
     sliding_window: str = "none"  # "none" | "all" (Mistral: config.sliding_window) | "layer_types" (Qwen2/3)
+    post_norms: bool = False  # OLMo 2: no pre-norms; each sublayer's output is normed before it joins the residual
+    multipliers: bool = False  # Granite: embedding_, residual_, attention_multiplier and logits_scaling from config
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -53,15 +55,18 @@ class LlamaAttention(nn.Module):
 
         self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
-        if variant.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.qk_norm = variant.qk_norm
+        if variant.qk_norm != "none":
+            full = variant.qk_norm == "full"
+            self.q_norm = RMSNorm(self.q_size if full else self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.kv_size if full else self.head_dim, eps=config.rms_norm_eps)
         self.rotary_emb = get_rope_from_config(config, self.head_dim, is_neox_style=True)
+        # Granite scales the scores by config.attention_multiplier instead of head_dim ** -0.5.
+        scale = config.attention_multiplier if variant.multipliers else self.head_dim**-0.5
         self.attn = Attention(
             self.num_heads,
             self.head_dim,
-            self.head_dim**-0.5,
+            scale,
             self.num_kv_heads,
             layer_idx,
             sliding_window=_sliding_window(config, layer_idx, variant),
@@ -70,7 +75,9 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, qkv: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """qkv (T, (nh + 2 nkv) * hd): qkv_proj's output (the decoder layer runs it fused with its norm)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        elif self.qk_norm == "head":
             q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).reshape(-1, self.q_size)
             k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).reshape(-1, self.kv_size)
         # The attention layer applies the rope: with a KV cache it rotates q/k and writes k/v in one kernel.
@@ -89,8 +96,13 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_idx, variant)
         self.mlp = LlamaMLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_norms = variant.post_norms
+        if variant.post_norms:
+            self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        else:
+            self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.residual_multiplier = config.residual_multiplier if variant.multipliers else None
 
     def forward(
         self,
@@ -99,13 +111,33 @@ class LlamaDecoderLayer(nn.Module):
         residual: torch.Tensor | None,
         ctx: ForwardContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.post_norms:
+            return self._forward_post_norms(positions, hidden_states, residual, ctx)
         # Each norm runs inside the projection after it (one kernel per pair for decode rows).
         qkv, residual = norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden_states, residual)
         hidden_states = self.self_attn(positions, qkv, ctx)
+        if self.residual_multiplier is not None:  # Granite: residual + sublayer * residual_multiplier
+            hidden_states = hidden_states * self.residual_multiplier
         gate_up, residual = norm_then_linear(
             self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual
         )
-        return self.mlp.down(gate_up), residual
+        hidden_states = self.mlp.down(gate_up)
+        if self.residual_multiplier is not None:
+            hidden_states = hidden_states * self.residual_multiplier
+        return hidden_states, residual
+
+    def _forward_post_norms(
+        self,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        residual: torch.Tensor | None,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """OLMo 2: stream + norm(attn(stream)), then + norm(mlp(stream)); returns (normed MLP output, stream)."""
+        stream = hidden_states if residual is None else hidden_states + residual  # (T, H)
+        attn_out = self.self_attn(positions, self.self_attn.qkv_proj(stream), ctx)
+        stream = stream + self.post_attention_layernorm(attn_out)
+        return self.post_feedforward_layernorm(self.mlp(stream)), stream
 
 
 class LlamaModel(nn.Module):
@@ -116,9 +148,12 @@ class LlamaModel(nn.Module):
             [LlamaDecoderLayer(config, i, variant) for i in range(config.num_hidden_layers)]
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.embedding_multiplier = config.embedding_multiplier if variant.multipliers else None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         hidden_states = self.embed_tokens(input_ids)  # (T, H)
+        if self.embedding_multiplier is not None:
+            hidden_states = hidden_states * self.embedding_multiplier
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(positions, hidden_states, residual, ctx)
@@ -133,8 +168,18 @@ class LlamaForCausalLM(CausalLM):
     variant = LlamaVariant()
     weights_mapper = WeightsMapper(packed=QKV_GATE_UP_PACKED)
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.logits_scaling = config.logits_scaling if self.variant.multipliers else None  # Granite
+
     def build_backbone(self, config) -> LlamaModel:
         return LlamaModel(config, self.variant)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = super().compute_logits(hidden_states)  # (N, V)
+        if self.logits_scaling is not None:  # Granite divides the logits
+            logits = logits / self.logits_scaling
+        return logits
 
 
 class MistralForCausalLM(LlamaForCausalLM):
@@ -149,4 +194,4 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     # Per-head RMSNorm on q and k before rope; biases follow config.attention_bias.
-    variant = LlamaVariant(qk_norm=True, sliding_window="layer_types")
+    variant = LlamaVariant(qk_norm="head", sliding_window="layer_types")

@@ -1,6 +1,7 @@
 """Every dense family at real size on one GPU: llmctl bench --random-weights --against transformers, one JSON line each.
 
-Not collected by pytest. On an H100 (about 7 minutes for the 12 families plus the bge-large embedding figure):
+Not collected by pytest. On an H100 (about 7 minutes for the 12 families of issue 6 plus the bge-large embedding
+figure; starcoder2-3b, olmo-2-1124-7b and granite-3.0-2b-instruct, added by issue 14, come after them):
 
     python tests/bench/gpu_families.py --out $OUT/families.jsonl
 
@@ -31,7 +32,8 @@ EMBED_MODEL = "bge-large-en-v1.5"
 # The families issue 6 names first, so a run cut short still has them.
 FAMILIES = (
     "gemma-2-9b", "phi-3-mini-4k-instruct", "gpt-j-6b", "gemma-7b", "gemma-3-4b-it-text", "phi-2", "gpt2-xl",
-    "pythia-6.9b", "opt-6.7b", "bloom-7b1", "falcon-7b", "mpt-7b",
+    "pythia-6.9b", "opt-6.7b", "bloom-7b1", "falcon-7b", "mpt-7b", "starcoder2-3b", "olmo-2-1124-7b",
+    "granite-3.0-2b-instruct",
 )  # fmt: skip
 
 # --tiny: size keys of every family's config.json -> a 2-layer, 64-wide shape (the other keys are kept).

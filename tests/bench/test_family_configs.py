@@ -30,6 +30,9 @@ FIXTURES = {
     "bloom-7b1": ("BloomForCausalLM", "bloom", "generate"),
     "falcon-7b": ("FalconForCausalLM", "falcon", "generate"),
     "mpt-7b": ("MPTForCausalLM", "mpt", "generate"),
+    "starcoder2-3b": ("Starcoder2ForCausalLM", "starcoder2", "generate"),
+    "olmo-2-1124-7b": ("Olmo2ForCausalLM", "olmo2", "generate"),
+    "granite-3.0-2b-instruct": ("GraniteForCausalLM", "granite", "generate"),
 }
 # Published parameter counts (issue 6 for gemma-7b and Phi-3-mini; the GPT-2 and Pythia papers' model tables).
 PUBLISHED_PARAMS = {

@@ -20,6 +20,18 @@ def test_native_llama_is_supported(run_cli, llama_dir):
     assert data["memory"]["max_model_len"] == 512
 
 
+@pytest.mark.parametrize(("architecture", "model_type"), [("Starcoder2ForCausalLM", "starcoder2"),
+                                                       ("Olmo2ForCausalLM", "olmo2"), ("GraniteForCausalLM", "granite")])
+def test_families_once_run_through_transformers_are_native(run_cli, tmp_path, model_writer, llama_config,
+                                                            architecture, model_type):
+    cfg = {**llama_config, "architectures": [architecture], "model_type": model_type}
+    result = run_cli("check", model_writer(tmp_path / model_type, cfg), "--json")
+    assert result.exit_code == 0, result.stderr
+    data = result.json()
+    assert (data["implementation"], data["verification"]) == ("native", "strict")
+    assert data["needs_trust_remote_code"] is False and data["note"] is None
+
+
 def test_memory_fit(run_cli, llama_dir):
     small = run_cli("check", llama_dir, "--json", "--gpu-memory", "0.000001")
     assert small.exit_code == 1

@@ -166,5 +166,31 @@ ALIBI_FAMILIES = {
                                                                                      softmax_scale=0.3))),
 }  # fmt: skip
 
-CASES: dict[str, Case] = {**LLAMA, **GEMMA, **GPT_PHI, **ALIBI_FAMILIES}
+# --- OLMo 2 and Granite (Llama decoders), StarCoder2 ----------------------------------------------------------
+_STARCODER2 = dict(_NO_SPECIAL, vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, norm_epsilon=1e-5,
+                   hidden_act="gelu_pytorch_tanh")
+LLAMA_LIKE = {
+    # OLMo-2 style: q_norm over 4 * 16, k_norm over 2 * 16 (grouped KV heads), post-norms only, untied head.
+    "olmo2": Case("Olmo2Config", dict(_LLAMA, tie_word_embeddings=False),
+                  dict(rope_theta=500000.0, rope_scaling=None), _ROPE),
+    # Granite-3 style: all four multipliers away from 1 (attention_multiplier != head_dim ** -0.5 = 0.25), tied head.
+    "granite": Case("GraniteConfig", dict(_LLAMA, tie_word_embeddings=True, embedding_multiplier=12.0,
+                                          residual_multiplier=0.22, attention_multiplier=0.0625, logits_scaling=8.0),
+                    dict(rope_theta=10000.0, rope_scaling=None), _ROPE),
+    # Biases on every projection (attention_bias, mlp_bias), untied head, other multiplier values.
+    "granite_bias": Case("GraniteConfig", dict(_LLAMA, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+                                               embedding_multiplier=4.0, residual_multiplier=0.5,
+                                               attention_multiplier=0.125, logits_scaling=2.5),
+                         dict(rope_theta=10000.0, rope_scaling=None), _ROPE),
+    # starcoder2-3b style: config.json without tie_word_embeddings (tied by default), biases, LayerNorm, GELU MLP,
+    # sliding window 7 on every layer.
+    "starcoder2": Case("Starcoder2Config", dict(_STARCODER2, sliding_window=7, use_bias=True),
+                       dict(rope_theta=999999.0), (*_ROPE, "tie_word_embeddings")),
+    # No biases, no window, untied head.
+    "starcoder2_nobias": Case("Starcoder2Config", dict(_STARCODER2, sliding_window=None, use_bias=False,
+                                                       tie_word_embeddings=False), dict(rope_theta=10000.0), _ROPE),
+}  # fmt: skip
+
+CASES: dict[str, Case] = {**LLAMA, **GEMMA, **GPT_PHI, **ALIBI_FAMILIES, **LLAMA_LIKE}
 STRICT = sorted(name for name, case in CASES.items() if case.strict)

@@ -76,9 +76,9 @@ def test_hybrid_family_with_only_attention_layers_is_supported(tmp_path):
 def test_unverified_backend_architecture_is_not_strict(tmp_path, monkeypatch):
     from llmctl.core import registry
 
-    folder = _folder(tmp_path, "m", "Starcoder2ForCausalLM", "starcoder2")
+    folder = _folder(tmp_path, "m", "Olmo3ForCausalLM", "olmo3")
     assert _check(folder)[1]["verification"] == "strict"
-    monkeypatch.delitem(registry.TRANSFORMERS_VERIFIED, "Starcoder2ForCausalLM")
+    monkeypatch.delitem(registry.TRANSFORMERS_VERIFIED, "Olmo3ForCausalLM")
     code, data = _check(folder)
     assert code == 0 and data["implementation"] == "transformers" and data["verification"] == "none"
 

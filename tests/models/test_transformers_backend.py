@@ -11,7 +11,7 @@ import pytest
 import torch
 
 # Run strictly through the backend (no native def): greedy tokens match transformers by the top-5 rule.
-CONSISTENCY_ARCHITECTURES = ["Starcoder2ForCausalLM", "MixtralForCausalLM"]
+CONSISTENCY_ARCHITECTURES = ["Olmo3ForCausalLM", "MixtralForCausalLM"]
 
 # Mixed lengths, one of a single token, the longest well past the sliding window (4).
 PROMPTS = [[5, 9, 17, 33, 2, 64, 7, 100, 11, 3, 81, 26, 40], [42], [8, 8, 8, 90, 15, 77], [120, 1, 60]]
@@ -41,9 +41,11 @@ def _save(model_type: str, out_dir, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def starcoder2(tmp_path_factory):
-    # Sliding window 4 on every layer, biases, LayerNorm, GELU MLP, GQA: nothing llmctl has a native def for.
-    return _save("starcoder2", tmp_path_factory.mktemp("starcoder2"), sliding_window=4, use_bias=True)
+def olmo3(tmp_path_factory):
+    # Sliding window 4 on every layer, q/k norms over the full projections, post-norms, attention biases, GQA:
+    # an architecture llmctl has no native def for.
+    return _save("olmo3", tmp_path_factory.mktemp("olmo3"), sliding_window=4, attention_bias=True,
+                 layer_types=["sliding_attention"] * 2)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +77,11 @@ def _check_against_hf(hf, results) -> None:
                 break
 
 
-def test_auto_falls_back_to_transformers_and_matches_hf(starcoder2):
+def test_auto_falls_back_to_transformers_and_matches_hf(olmo3):
     from llmctl.core.registry import lookup
 
-    folder, hf = starcoder2
-    row = lookup("Starcoder2ForCausalLM")
+    folder, hf = olmo3
+    row = lookup("Olmo3ForCausalLM")
     assert row is None or row.status == "planned"  # no native def: auto must pick the backend
     llm, results = _generate(folder, model_impl="auto")
     assert llm.model_impl == "transformers"
@@ -109,7 +111,7 @@ def test_moe_checkpoint_loads_through_transformers_and_matches_hf(mixtral):
         assert torch.equal(ours[name].detach(), param.detach()), name
 
 
-def test_prefill_logits_match_hf_and_no_mask_is_built(starcoder2, monkeypatch):
+def test_prefill_logits_match_hf_and_no_mask_is_built(olmo3, monkeypatch):
     """The packed batch through the paged cache gives HF's logits per prompt; transformers hands over no mask."""
     from transformers import AttentionInterface
 
@@ -119,7 +121,7 @@ def test_prefill_logits_match_hf_and_no_mask_is_built(starcoder2, monkeypatch):
     from llmctl.model_defs import transformers_backend as tb
     from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
-    folder, hf = starcoder2
+    folder, hf = olmo3
     config = load_hf_config(folder)
     model = build_model(config, tb.TransformersForCausalLM, torch.float32, "cpu", iter_safetensors(folder))
     spec = kv_cache_spec(model, torch.float32)
@@ -173,11 +175,11 @@ def test_native_arch_through_transformers_matches_native(llama):
             assert lp_a.keys() == lp_b.keys()
 
 
-def test_native_on_transformers_only_arch_is_a_clear_error(starcoder2):
+def test_native_on_transformers_only_arch_is_a_clear_error(olmo3):
     from llmctl import LLM
     from llmctl.core.errors import UnsupportedModelError
 
-    folder, _ = starcoder2
+    folder, _ = olmo3
     with pytest.raises(UnsupportedModelError) as info:
         LLM(str(folder), **ENGINE, model_impl="native")
     assert "no native model definition" in str(info.value)
@@ -190,7 +192,7 @@ def test_model_impl_choice():
 
     assert implementation_for("LlamaForCausalLM") == "native"
     assert implementation_for("LlamaForCausalLM", "transformers", model_type="llama") == "transformers"
-    assert implementation_for("Starcoder2ForCausalLM", model_type="starcoder2") == "transformers"
+    assert implementation_for("Olmo3ForCausalLM", model_type="olmo3") == "transformers"
     with pytest.raises(UnsupportedModelError):  # transformers' StableLm does not use the attention interface
         implementation_for("StableLmForCausalLM", model_type="stablelm")
     # transformers fuses Mixtral's experts on load: the backend loads through from_pretrained, so that applies
@@ -222,13 +224,13 @@ def _config_only(tmp_path, name, config):
 
 
 def test_check_reports_transformers_backend(tmp_path):
-    cfg = {**TINY, "architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2", "torch_dtype": "bfloat16"}
-    code, data = _check_json(_config_only(tmp_path, "sc2", cfg))
+    cfg = {**TINY, "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3", "torch_dtype": "bfloat16"}
+    code, data = _check_json(_config_only(tmp_path, "olmo3", cfg))
     assert code == 0
     assert data["supported"] is True and data["implementation"] == "transformers"
     assert data["verification"] == "strict" and data["tasks"] == ["generate"]
     assert "transformers backend" in data["note"] and "native kernels" in data["note"]
-    code, data = _check_json(_config_only(tmp_path, "sc2e", cfg), "--task", "embed")
+    code, data = _check_json(_config_only(tmp_path, "olmo3e", cfg), "--task", "embed")
     assert code == 1 and data["supported"] is False
     # transformers' StableLm attends without the attention interface: no backend, and check says why.
     cfg = {**TINY, "architectures": ["StableLmForCausalLM"], "model_type": "stablelm"}
@@ -248,8 +250,8 @@ def test_check_remote_code_needs_trust(tmp_path):
 
 
 def test_check_verdict_imports_neither_torch_nor_transformers(tmp_path):
-    cfg = {**TINY, "architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2"}
-    folder = _config_only(tmp_path, "sc2", cfg)
+    cfg = {**TINY, "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3"}
+    folder = _config_only(tmp_path, "olmo3", cfg)
     code = (
         "import sys; from llmctl.core.spec import load_spec; from llmctl.core.resolve import resolve_model;"
         "from llmctl.core.support import verdict;"
