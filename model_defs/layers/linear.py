@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 
@@ -12,7 +13,7 @@ from torch import nn
 from llmctl.kernels.dispatch import get_op
 
 
-class LinearMethod:
+class LinearMethod(ABC):
     """How a Linear holds and applies its parameters (vLLM's LinearMethodBase).
 
     A quantized format or a tensor-parallel split is a new method handed to the layers, not an edit to the
@@ -20,13 +21,13 @@ class LinearMethod:
     same name (through shard_slice / from_checkpoint_layout where the layer has them).
     """
 
+    @abstractmethod
     def create_weights(self, layer: Linear) -> None:
         """Register the layer's parameters (under the checkpoint's names) for in_features -> out_features."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features)."""
-        raise NotImplementedError
 
     def fusable(self, layer: Linear) -> bool:
         """Whether fused kernels may read layer.weight / layer.bias as a plain (out, in) matrix (norm + GEMV)."""
