@@ -99,6 +99,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                     kv_channels=128, ffn_hidden_size=13696, seq_length=2048, add_qkv_bias=False,
                     add_bias_linear=False, rmsnorm=True, post_layer_norm=True, tie_word_embeddings=False,
                     activation="swiglu"),
+    # The remote QWenConfig's defaults (Qwen/Qwen-7B configuration_qwen.py); seq_length has none there.
+    "qwen": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                 layer_norm_epsilon=1e-6, max_position_embeddings=8192, kv_channels=128, rotary_pct=1.0,
+                 rotary_emb_base=10000, use_dynamic_ntk=True, use_logn_attn=True, intermediate_size=22016,
+                 no_bias=True, tie_word_embeddings=False, hidden_act="silu"),
     "internlm": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
     "internlm2": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
     "baichuan": dict(hidden_act="silu", tie_word_embeddings=False),
@@ -122,6 +127,7 @@ _ARCH_FAMILIES = {
     "ChatGLMModel": "chatglm", "ChatGLMForConditionalGeneration": "chatglm", "DeepseekForCausalLM": "deepseek",
     "RWForCausalLM": "falcon", "MPTForCausalLM": "mpt", "InternVLChatModel": "internvl",
     "Phi3VForCausalLM": "phi3_v", "LlavaLlamaForCausalLM": "llava", "YiForCausalLM": "llama",
+    "QWenLMHeadModel": "qwen",
 }
 
 ENCODER_TYPES = {"bert", "xlm-roberta", "roberta", "mpnet", "distilbert", "nomic_bert", "electra", "deberta-v2"}
@@ -136,7 +142,7 @@ INFERABLE_ARCHITECTURES = {
 
 _RMS_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
                  "gemma3_text", "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "baichuan", "internlm", "internlm2", "t5",
-                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v", "olmo2", "granite"}
+                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v", "olmo2", "granite", "qwen"}
 _LEARNED_POSITIONS = {"gpt2", "opt", "bert", "xlm-roberta", "roberta", "bart", "mpnet", "distilbert", "electra"}
 
 
@@ -309,3 +315,14 @@ def pooling_mode(pool_cfg: dict) -> str | None:
         return pool_cfg["pooling_mode"]
     modes = [name for key, name in _POOLING_KEYS if pool_cfg.get(key)]
     return "+".join(modes) if modes else None
+
+
+def qwen_positions(cfg: dict) -> int:
+    """The positions llmctl serves of a Qwen (v1) config.json: max_position_embeddings, but only seq_length where
+    use_dynamic_ntk is on. Qwen's remote code then picks a rope base for each prompt longer than seq_length from
+    its length; llmctl's rope is one table per model, so it does not go past seq_length (logn scaling it does)."""
+    defaults = DEFAULTS["qwen"]
+    max_pos = int(cfg.get("max_position_embeddings") or defaults["max_position_embeddings"])
+    seq_length = cfg.get("seq_length")
+    ntk = cfg.get("use_dynamic_ntk", defaults["use_dynamic_ntk"])
+    return min(max_pos, int(seq_length)) if ntk and seq_length else max_pos

@@ -94,6 +94,9 @@ def _layout(spec: ModelSpec) -> _Layout:
     if fam == "olmo2":  # no pre-norms: post-attention and post-feed-forward norms
         bias = bool(c.get("attention_bias", False))
         return _Layout(qkv_bias=bias, o_bias=bias, qk_norm_full=True)
+    if fam == "qwen":  # Qwen (v1): c_attn always has a bias; c_proj and the MLP follow no_bias
+        bias = not c.get("no_bias", True)
+        return _Layout(qkv_bias=True, o_bias=bias, mlp_bias=bias)
     if fam == "starcoder2":
         bias = bool(c.get("use_bias", True))
         return _Layout(qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated=False, norm_bias=True)

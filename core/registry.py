@@ -81,6 +81,7 @@ _NATIVE_ROWS: tuple[ArchInfo, ...] = (
     _native("PhiForCausalLM", "phi", "phi", "strict"),
     _native("Phi3ForCausalLM", "phi3", "phi3", "strict"),
     _native("Starcoder2ForCausalLM", "starcoder2", "starcoder2", "strict"),
+    _native("QWenLMHeadModel", "qwen", "qwen", "strict"),  # Qwen v1: its repo's code is not needed
     # Embedding models
     _native("BertModel", "bert", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
     _native("XLMRobertaModel", "xlm_roberta", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),

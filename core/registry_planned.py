@@ -184,7 +184,6 @@ Qwen3NextForCausalLM                         qwen3_next          generate       
 Qwen3OmniMoeForConditionalGeneration         qwen3_omni_moe      generate        multimodal
 Qwen3VLForConditionalGeneration              qwen3_vl            generate        multimodal
 Qwen3VLMoeForConditionalGeneration           qwen3_vl_moe        generate        multimodal
-QWenLMHeadModel                              qwen                generate        decoder-only
 QwenVLForConditionalGeneration               qwen_vl             generate        multimodal
 RForConditionalGeneration                    rvl                 generate        multimodal
 RobertaForMaskedLM                           roberta             embed           encoder-only

@@ -18,6 +18,7 @@ from llmctl.core.config_keys import (
     merged_text_config,
     norm_of,
     pooling_mode,
+    qwen_positions,
     read_rope,
     with_defaults,
 )
@@ -264,6 +265,10 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
     vocab = read.size("vocab_size", "padded_vocab_size", "vocab_size", "n_vocab")
     max_pos = read.size("max_position_embeddings", "max_position_embeddings", "n_positions", "max_seq_len",
                         "seq_length", "model_max_length", "max_sequence_length")
+    if fam_text == "qwen" and max_pos and qwen_positions(cfg) < max_pos:
+        notes.append(f"use_dynamic_ntk: Qwen's dynamic NTK rope past seq_length is not implemented, so llmctl serves "
+                     f"{qwen_positions(cfg)} of the {max_pos} positions")
+        max_pos = qwen_positions(cfg)
     values = {"num_layers": layers, "hidden_size": hidden, "num_attention_heads": heads, "num_kv_heads": kv_heads,
               "head_dim": head_dim, "vocab_size": vocab}
     unknown = tuple(name for name, value in values.items()
@@ -348,6 +353,8 @@ def _kv_heads(cfg: dict, family: str, heads: int | None, read: SizeReader) -> in
 def _intermediate(cfg: dict, family: str, hidden: int | None, read: SizeReader) -> int | None:
     keys = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "d_ff", "encoder_ffn_dim")
     value = read.size("intermediate_size", *keys, *(("hidden_dim",) if family == "distilbert" else ()))
+    if family == "qwen" and value is not None:  # Qwen (v1) counts both halves of its w1 / w2 pair
+        return value // 2
     if value is not None or "intermediate_size" in read.varying or hidden is None:
         return value
     if family == "mpt":

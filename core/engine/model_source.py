@@ -88,6 +88,9 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
         config.model_type = d.get("model_type", "llama")
         return config
     raw = _checked_config(path)
+    native = _native_remote_config(raw)
+    if native is not None:
+        return native
     from transformers import AutoConfig
 
     try:
@@ -95,6 +98,26 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
     except Exception as exc:  # transformers' own validation: ValueError, StrictDataclass errors, KeyError, ...
         _raise_unknown_type(raw, trust_remote_code)
         raise ModelReadError(f"cannot read the config of {path}: {_one_line(exc)}") from exc
+
+
+def _native_remote_config(raw: dict):
+    """config.json as a plain PretrainedConfig when llmctl builds the architecture natively but the installed
+    transformers does not know its model_type (Qwen v1's "qwen"): its repo's configuration code is not run,
+    with or without trust_remote_code, and the model_def reads the keys with the remote class's defaults."""
+    from llmctl.core import registry
+    from llmctl.core.config_keys import qwen_positions
+
+    archs = raw.get("architectures")
+    row = registry.lookup(archs[0]) if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if row is None or row.status != "native" or registry.transformers_has(row.architecture):
+        return None
+    from transformers import PretrainedConfig
+
+    config = PretrainedConfig(**raw)
+    config.model_type = raw.get("model_type", row.family)
+    if row.family == "qwen":  # what the engine may serve: LLM's default and bound for max_model_len, as `check` says
+        config.max_position_embeddings = qwen_positions(raw)
+    return config
 
 
 def _checked_config(path: Path) -> dict:
