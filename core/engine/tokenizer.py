@@ -30,6 +30,13 @@ def load_tokenizer(
     try:
         return AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        if not trust_remote_code and "trust_remote_code" in str(exc):
+            # Qwen v1 (qwen.tiktoken + tokenization_qwen.py): the model runs natively, its tokenizer is repo code.
+            raise ModelReadError(
+                f"the tokenizer of {path} is defined by code in the model's repo",
+                hint="pass --trust-remote-code (trust_remote_code=True) if you trust it, "
+                "or skip_tokenizer_init=True with token prompts",
+            ) from None
         raise ModelReadError(
             f"cannot load a tokenizer from {path}: {exc}",
             hint="pass tokenizer=... or skip_tokenizer_init=True with token prompts",

@@ -245,3 +245,44 @@ def test_logn_scaling_past_seq_length_matches_the_reference(qwen2_path, hf, tmp_
     # use_logn_attn off: no scaling anywhere, Qwen2's function at every position.
     plain, _ = load_ours(write_qwen_v1(qwen2_path, tmp_path / "no-logn", dict(config, use_logn_attn=False)))
     torch.testing.assert_close(harness.one_shot_logits(plain, prompt), qwen2, **harness.TOL)
+
+
+def test_repo_code_tokenizer_needs_the_flag(qwen_path, tmp_path):
+    """Qwen v1 ships qwen.tiktoken with tokenization_qwen.py: without --trust-remote-code, one line naming the flag
+    (the model itself needs no flag: token prompts run, as the LLM test above shows)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from llmctl import LLM
+    from llmctl.cli.app import app
+    from llmctl.core.errors import EXIT_MODEL, ModelReadError
+
+    path = tmp_path / "with-tokenizer"
+    shutil.copytree(qwen_path, path)
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}, "tokenizer_class": "QWenTokenizer",
+        "model_max_length": 8192}))  # fmt: skip
+    (path / "qwen.tiktoken").write_text("IQ== 0\nIg== 1\n")
+    with pytest.raises(ModelReadError, match="defined by code in the model's repo") as err:
+        LLM(str(path), dtype="float32", device="cpu")
+    assert "--trust-remote-code" in err.value.hint
+    result = CliRunner().invoke(app, ["generate", "-m", str(path), "-p", "hello", "--device", "cpu", "--max-tokens", "2"])
+    assert result.exit_code == EXIT_MODEL, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and len(lines) <= 2, result.stderr
+    assert "--trust-remote-code" in result.stderr
+
+
+def test_qwen_7b_hub_config_reads_without_torch():
+    """Qwen/Qwen-7B's config.json: 7,721,324,544 parameters (its safetensors index: 15,442,649,088 bf16 bytes),
+    MHA 32 x 128, an 11008-wide MLP, and the 8192 positions of seq_length (use_dynamic_ntk) of 32768."""
+    from llmctl.core.estimate import count_parameters
+    from llmctl.core.spec import spec_from_config
+
+    config = dict(qwen_v1_config(8192, 32768), hidden_size=4096, intermediate_size=22016, kv_channels=128,
+                  layer_norm_epsilon=1e-6, num_attention_heads=32, num_hidden_layers=32, vocab_size=151936)
+    spec = spec_from_config(config)
+    assert count_parameters(spec) == 7_721_324_544
+    assert (spec.num_kv_heads, spec.head_dim, spec.intermediate_size) == (32, 128, 11008)
+    assert spec.max_position_embeddings == 8192
