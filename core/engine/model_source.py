@@ -104,12 +104,16 @@ def _native_remote_config(raw: dict):
     """config.json as a plain PretrainedConfig when llmctl builds the architecture natively but the installed
     transformers does not know its model_type (Qwen v1's "qwen"): its repo's configuration code is not run,
     with or without trust_remote_code, and the model_def reads the keys with the remote class's defaults."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
     from llmctl.core import registry
     from llmctl.core.config_keys import qwen_positions
 
+    if raw.get("model_type") in CONFIG_MAPPING_NAMES:  # transformers' own config class reads it (MPT's "mpt")
+        return None
     archs = raw.get("architectures")
     row = registry.lookup(archs[0]) if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
-    if row is None or row.status != "native" or registry.transformers_has(row.architecture):
+    if row is None or row.status != "native":
         return None
     from transformers import PretrainedConfig
 
