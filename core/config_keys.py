@@ -326,3 +326,13 @@ def qwen_positions(cfg: dict) -> int:
     seq_length = cfg.get("seq_length")
     ntk = cfg.get("use_dynamic_ntk", defaults["use_dynamic_ntk"])
     return min(max_pos, int(seq_length)) if ntk and seq_length else max_pos
+
+
+def qwen_positions_note(cfg: dict) -> str | None:
+    """Why llmctl serves fewer positions of a Qwen (v1) config than max_position_embeddings, or None."""
+    served = qwen_positions(cfg)
+    max_pos = cfg.get("max_position_embeddings") or DEFAULTS["qwen"]["max_position_embeddings"]
+    if served >= max_pos:
+        return None
+    return (f"use_dynamic_ntk: Qwen's dynamic NTK rope past seq_length is not implemented, so llmctl serves "
+            f"{served} of the {max_pos} positions")

@@ -19,6 +19,7 @@ from llmctl.core.config_keys import (
     norm_of,
     pooling_mode,
     qwen_positions,
+    qwen_positions_note,
     read_rope,
     with_defaults,
 )
@@ -265,9 +266,8 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
     vocab = read.size("vocab_size", "padded_vocab_size", "vocab_size", "n_vocab")
     max_pos = read.size("max_position_embeddings", "max_position_embeddings", "n_positions", "max_seq_len",
                         "seq_length", "model_max_length", "max_sequence_length")
-    if fam_text == "qwen" and max_pos and qwen_positions(cfg) < max_pos:
-        notes.append(f"use_dynamic_ntk: Qwen's dynamic NTK rope past seq_length is not implemented, so llmctl serves "
-                     f"{qwen_positions(cfg)} of the {max_pos} positions")
+    if fam_text == "qwen" and max_pos and qwen_positions_note(cfg):
+        notes.append(qwen_positions_note(cfg))
         max_pos = qwen_positions(cfg)
     values = {"num_layers": layers, "hidden_size": hidden, "num_attention_heads": heads, "num_kv_heads": kv_heads,
               "head_dim": head_dim, "vocab_size": vocab}

@@ -181,8 +181,9 @@ def test_dynamic_ntk_caps_the_context_at_seq_length(qwen2_path, tmp_path):
     path = write_qwen_v1(qwen2_path, tmp_path / "ntk", qwen_v1_config(32, 256))
     spec = spec_from_config(json.loads((path / "config.json").read_text()))
     assert spec.max_position_embeddings == 32 and any("dynamic NTK" in note for note in spec.notes)
-    with pytest.raises(UsageError, match="more than the model's 32 positions"):
+    with pytest.raises(UsageError, match="more than the model's 32 positions") as err:
         LLM(str(path), dtype="float32", device="cpu", skip_tokenizer_init=True, max_model_len=33)
+    assert "dynamic NTK" in err.value.hint
     llm = LLM(str(path), dtype="float32", device="cpu", skip_tokenizer_init=True, num_kv_blocks=64)
     assert llm.max_model_len == 32
     off = write_qwen_v1(qwen2_path, tmp_path / "no-ntk", qwen_v1_config(32, 256, use_dynamic_ntk=False))
