@@ -317,22 +317,15 @@ def pooling_mode(pool_cfg: dict) -> str | None:
     return "+".join(modes) if modes else None
 
 
-def qwen_positions(cfg: dict) -> int:
-    """The positions llmctl serves of a Qwen (v1) config.json: max_position_embeddings, but only seq_length where
-    use_dynamic_ntk is on. Qwen's remote code then picks a rope base for each prompt longer than seq_length from
-    its length; llmctl's rope is one table per model, so it does not go past seq_length (logn scaling it does)."""
+def qwen_prompt_limit(cfg: dict) -> int | None:
+    """The longest prompt llmctl takes for a Qwen (v1) config.json: seq_length where use_dynamic_ntk is on and the
+    model has more positions, else None. Qwen's remote code picks the rope base from the prompt's length when it
+    exceeds seq_length (dynamic NTK) and keeps it for the whole generation; llmctl's rope is one table per model,
+    so it takes prompts up to seq_length, whose generations (rope base as is, logn-scaled queries past seq_length)
+    then match the remote code's up to max_position_embeddings."""
     defaults = DEFAULTS["qwen"]
     max_pos = int(cfg.get("max_position_embeddings") or defaults["max_position_embeddings"])
     seq_length = cfg.get("seq_length")
-    ntk = cfg.get("use_dynamic_ntk", defaults["use_dynamic_ntk"])
-    return min(max_pos, int(seq_length)) if ntk and seq_length else max_pos
-
-
-def qwen_positions_note(cfg: dict) -> str | None:
-    """Why llmctl serves fewer positions of a Qwen (v1) config than max_position_embeddings, or None."""
-    served = qwen_positions(cfg)
-    max_pos = cfg.get("max_position_embeddings") or DEFAULTS["qwen"]["max_position_embeddings"]
-    if served >= max_pos:
-        return None
-    return (f"use_dynamic_ntk: Qwen's dynamic NTK rope past seq_length is not implemented, so llmctl serves "
-            f"{served} of the {max_pos} positions")
+    if cfg.get("use_dynamic_ntk", defaults["use_dynamic_ntk"]) and seq_length and int(seq_length) < max_pos:
+        return int(seq_length)
+    return None

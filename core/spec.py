@@ -18,8 +18,7 @@ from llmctl.core.config_keys import (
     merged_text_config,
     norm_of,
     pooling_mode,
-    qwen_positions,
-    qwen_positions_note,
+    qwen_prompt_limit,
     read_rope,
     with_defaults,
 )
@@ -266,9 +265,9 @@ def _read_spec(config: dict, extra: dict) -> ModelSpec:
     vocab = read.size("vocab_size", "padded_vocab_size", "vocab_size", "n_vocab")
     max_pos = read.size("max_position_embeddings", "max_position_embeddings", "n_positions", "max_seq_len",
                         "seq_length", "model_max_length", "max_sequence_length")
-    if fam_text == "qwen" and max_pos and qwen_positions_note(cfg):
-        notes.append(qwen_positions_note(cfg))
-        max_pos = qwen_positions(cfg)
+    if fam_text == "qwen" and qwen_prompt_limit(cfg):
+        notes.append(f"use_dynamic_ntk: prompts of at most seq_length ({qwen_prompt_limit(cfg)}) tokens; Qwen's "
+                     "dynamic NTK rope for longer ones is not implemented (generation goes on past it)")
     values = {"num_layers": layers, "hidden_size": hidden, "num_attention_heads": heads, "num_kv_heads": kv_heads,
               "head_dim": head_dim, "vocab_size": vocab}
     unknown = tuple(name for name, value in values.items()

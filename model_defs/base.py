@@ -97,6 +97,11 @@ class CausalLM(nn.Module):
         """(num_layers, num_kv_heads, head_dim) of the paged KV cache, from the attention layers built."""
         return kv_cache_shape_of(self)
 
+    def max_prompt_len(self) -> int | None:
+        """The longest prompt computed as the model's reference computes it; None: any that fits max_model_len.
+        Qwen v1 sets it: its remote code picks a rope for a longer prompt from the prompt's length."""
+        return None
+
 
 class EmbeddingModel(nn.Module):
     """An embedding backbone: model(input_ids (T,), positions (T,), ctx) -> last hidden states (T, H).

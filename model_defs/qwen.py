@@ -3,9 +3,10 @@
 The hub checkpoints ship their own modeling code; this reads the same weights without running it. Within
 config.seq_length it computes what transformers' Qwen2 computes with q/k/v biases and as many k/v heads as
 query heads (tests/models/test_qwen.py holds it to that). Past seq_length the remote code scales each query by
-log(position) / log(seq_length) (use_logn_attn), which this file does too, and rescales the rope base by a
-dynamic NTK factor picked from the prompt's length (use_dynamic_ntk), which it does not: such configs are
-served up to seq_length only (core/config_keys.py: qwen_positions).
+log(position) / log(seq_length) (use_logn_attn), which this file does too, and, for a prompt longer than
+seq_length, rescales the rope base by a dynamic NTK factor picked from that prompt's length (use_dynamic_ntk),
+which it does not: such configs take prompts up to seq_length (core/config_keys.py: qwen_prompt_limit), whose
+generations the remote code runs with the rope base as is, as here, up to max_position_embeddings.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from llmctl.core.config_keys import qwen_positions
+from llmctl.core.config_keys import qwen_prompt_limit
 from llmctl.model_defs.base import CausalLM
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
@@ -100,7 +101,7 @@ class QWenBlock(nn.Module):
 class QWenModel(nn.Module):
     def __init__(self, config):
         super().__init__()
-        positions = qwen_positions(config.to_dict() if hasattr(config, "to_dict") else vars(config))
+        positions = int(_get(config, "max_position_embeddings", 8192))
         self.wte = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.h = nn.ModuleList([QWenBlock(config, i, positions) for i in range(config.num_hidden_layers)])
         self.ln_f = RMSNorm(config.hidden_size, eps=float(_get(config, "layer_norm_epsilon", 1e-6)))
@@ -122,3 +123,6 @@ class QWenLMHeadModel(CausalLM):
         renamed_suffixes={"mlp.c_proj.weight": "mlp.down_proj.weight", "mlp.c_proj.bias": "mlp.down_proj.bias"},
         packed={"w2": ("gate_up_proj", 0), "w1": ("gate_up_proj", 1)},
     )
+
+    def max_prompt_len(self) -> int | None:
+        return qwen_prompt_limit(self.config.to_dict())

@@ -140,6 +140,7 @@ class LLMEngine:
         self._seqs: dict[str, Sequence] = {}
         self._rejected: list[Sequence] = []
         self._counter = itertools.count()
+        self.max_prompt_len = model.max_prompt_len()
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -204,6 +205,8 @@ class LLMEngine:
         why = self.scheduler.check_fits(seq.prompt_len)
         if why is not None:
             return why
+        if self.max_prompt_len is not None and seq.prompt_len > self.max_prompt_len:
+            return f"the prompt has {seq.prompt_len} tokens; this model takes prompts of at most {self.max_prompt_len}"
         vocab = self.vocab_size
         if min(seq.prompt_token_ids) < 0 or (vocab is not None and max(seq.prompt_token_ids) >= vocab):
             return f"the prompt holds token ids outside the vocabulary (size {vocab})"

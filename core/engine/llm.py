@@ -135,7 +135,7 @@ class LLM:
         shrink = max_model_len is None  # the model's full context, unless the KV cache holds less
         too_long = max_model_len_problem(max_model_len, max_pos)  # the rule `llmctl check` applies too
         if too_long is not None:
-            raise UsageError(too_long, hint=getattr(self.hf_config, "positions_note", None))
+            raise UsageError(too_long)
         if max_model_len is None:
             max_model_len = max_pos or 2048
 

@@ -107,7 +107,6 @@ def _native_remote_config(raw: dict):
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from llmctl.core import registry
-    from llmctl.core.config_keys import qwen_positions, qwen_positions_note
 
     if raw.get("model_type") in CONFIG_MAPPING_NAMES:  # transformers' own config class reads it (MPT's "mpt")
         return None
@@ -119,9 +118,6 @@ def _native_remote_config(raw: dict):
 
     config = PretrainedConfig(**raw)
     config.model_type = raw.get("model_type", row.family)
-    if row.family == "qwen":  # what the engine may serve: LLM's default and bound for max_model_len, as `check` says
-        config.max_position_embeddings = qwen_positions(raw)
-        config.positions_note = qwen_positions_note(raw)  # LLM's hint when a longer max_model_len is asked for
     return config
 
 

@@ -172,22 +172,31 @@ def test_layout_cache_and_check(ours, qwen_path, hf):
     assert verdict["needs_trust_remote_code"] is False and verdict["verification"] == "strict"
 
 
-def test_dynamic_ntk_caps_the_context_at_seq_length(qwen2_path, tmp_path):
-    """Qwen-7B's hub config: max_position_embeddings 32768, seq_length 8192, use_dynamic_ntk; llmctl serves 8192."""
-    from llmctl import LLM
-    from llmctl.core.errors import UsageError
+def test_dynamic_ntk_limits_the_prompt_to_seq_length(qwen2_path, hf, tmp_path):
+    """Qwen-7B's hub config: max_position_embeddings 32768, seq_length 8192, use_dynamic_ntk. A prompt past
+    seq_length is refused (its rope base would depend on its length); a shorter one generates past seq_length."""
+    from llmctl import LLM, SamplingParams
     from llmctl.core.spec import spec_from_config
 
-    path = write_qwen_v1(qwen2_path, tmp_path / "ntk", qwen_v1_config(32, 256))
-    spec = spec_from_config(json.loads((path / "config.json").read_text()))
-    assert spec.max_position_embeddings == 32 and any("dynamic NTK" in note for note in spec.notes)
-    with pytest.raises(UsageError, match="more than the model's 32 positions") as err:
-        LLM(str(path), dtype="float32", device="cpu", skip_tokenizer_init=True, max_model_len=33)
-    assert "dynamic NTK" in err.value.hint
-    llm = LLM(str(path), dtype="float32", device="cpu", skip_tokenizer_init=True, num_kv_blocks=64)
-    assert llm.max_model_len == 32
-    off = write_qwen_v1(qwen2_path, tmp_path / "no-ntk", qwen_v1_config(32, 256, use_dynamic_ntk=False))
-    assert spec_from_config(json.loads((off / "config.json").read_text())).max_position_embeddings == 256
+    config = qwen_v1_config(12, 256)
+    path = write_qwen_v1(qwen2_path, tmp_path / "ntk", config)
+    spec = spec_from_config(config)
+    assert spec.max_position_embeddings == 256 and any("dynamic NTK" in note for note in spec.notes)
+    assert not any("dynamic NTK" in n for n in spec_from_config(dict(config, use_dynamic_ntk=False)).notes)
+    llm = LLM(str(path), dtype="float32", device="cpu", skip_tokenizer_init=True, max_model_len=64,
+              block_size=4, num_kv_blocks=64)
+    assert llm.llm_engine.max_prompt_len == 12
+    params = SamplingParams(temperature=0.0, max_tokens=harness.MAX_NEW_TOKENS, ignore_eos=True)
+    long_prompt, short_prompt = harness.PROMPTS[0][:13], harness.PROMPTS[0][:10]
+    refused, ran = llm.generate([{"prompt_token_ids": long_prompt}, {"prompt_token_ids": short_prompt}], params)
+    assert "at most 12" in refused.error
+    assert ran.error is None
+    # Positions 12..17 are past seq_length: logn-scaled queries, the rope as is (the reference below).
+    from safetensors.torch import load_file
+
+    tokens = short_prompt + list(ran.outputs[0].token_ids)
+    expected = reference_logits(load_file(path / "model.safetensors"), config, tokens)
+    assert expected[len(short_prompt) - 1 :].argmax(-1)[:-1].tolist() == list(ran.outputs[0].token_ids)
 
 
 def reference_logits(state: dict[str, torch.Tensor], config: dict, ids: list[int]) -> torch.Tensor:
@@ -277,7 +286,7 @@ def test_repo_code_tokenizer_needs_the_flag(qwen_path, tmp_path):
 
 def test_qwen_7b_hub_config_reads_without_torch():
     """Qwen/Qwen-7B's config.json: 7,721,324,544 parameters (its safetensors index: 15,442,649,088 bf16 bytes),
-    MHA 32 x 128, an 11008-wide MLP, and the 8192 positions of seq_length (use_dynamic_ntk) of 32768."""
+    MHA 32 x 128, an 11008-wide MLP, 32768 positions and prompts up to seq_length (use_dynamic_ntk)."""
     from llmctl.core.estimate import count_parameters
     from llmctl.core.spec import spec_from_config
 
@@ -286,4 +295,4 @@ def test_qwen_7b_hub_config_reads_without_torch():
     spec = spec_from_config(config)
     assert count_parameters(spec) == 7_721_324_544
     assert (spec.num_kv_heads, spec.head_dim, spec.intermediate_size) == (32, 128, 11008)
-    assert spec.max_position_embeddings == 8192
+    assert spec.max_position_embeddings == 32768 and any("at most seq_length (8192)" in n for n in spec.notes)
