@@ -99,8 +99,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                     kv_channels=128, ffn_hidden_size=13696, seq_length=2048, add_qkv_bias=False,
                     add_bias_linear=False, rmsnorm=True, post_layer_norm=True, tie_word_embeddings=False,
                     activation="swiglu"),
-    "internlm": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
-    "internlm2": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
+    # The repos' own InternLMConfig / InternLM2Config defaults (llmctl reads these configs without their code).
+    "internlm": dict(bias=True, hidden_act="silu", tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0),
+    "internlm2": dict(bias=True, hidden_act="silu", tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0),
     "baichuan": dict(hidden_act="silu", tie_word_embeddings=False),
     "deepseek": dict(hidden_act="silu", tie_word_embeddings=False, first_k_dense_replace=0, moe_layer_freq=1,
                      n_shared_experts=None),

@@ -88,6 +88,9 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
         config.model_type = d.get("model_type", "llama")
         return config
     raw = _checked_config(path)
+    native = None if trust_remote_code else _native_remote_config(raw)
+    if native is not None:
+        return native
     from transformers import AutoConfig
 
     try:
@@ -95,6 +98,30 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
     except Exception as exc:  # transformers' own validation: ValueError, StrictDataclass errors, KeyError, ...
         _raise_unknown_type(raw, trust_remote_code)
         raise ModelReadError(f"cannot read the config of {path}: {_one_line(exc)}") from exc
+
+
+def _native_remote_config(raw: dict):
+    """A PretrainedConfig for a checkpoint whose config class lives in its repo (auto_map) but whose architecture
+    llmctl runs natively (InternLM, InternLM2): config.json over the family's defaults (the repo config class's,
+    core/config_keys.py), so the repo's code need not run and --trust-remote-code is not needed (given, the repo's
+    config class reads it, as model_impl="transformers" with the repo's model code needs). None otherwise."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from llmctl.core import registry
+    from llmctl.core.config_keys import DEFAULTS, family_of, with_defaults
+
+    archs = raw.get("architectures")
+    model_type = raw.get("model_type")
+    if not (isinstance(archs, list) and archs and isinstance(archs[0], str)) or model_type in CONFIG_MAPPING_NAMES:
+        return None
+    row = registry.lookup(archs[0])
+    if row is None or row.status != "native" or not raw.get("auto_map"):
+        return None
+    from transformers import PretrainedConfig
+
+    # A class of the model_type's name: to_dict() (what `check` reads back) writes the class's model_type.
+    config_class = type(f"{archs[0]}Config", (PretrainedConfig,), {"model_type": model_type})
+    return config_class(**with_defaults(raw, DEFAULTS.get(family_of(model_type or "", archs[0]), {})))
 
 
 def _checked_config(path: Path) -> dict:
