@@ -282,6 +282,12 @@ def read_rope(cfg: dict, family: str, head_dim: int | None) -> tuple[str, str | 
     if family in _LEARNED_POSITIONS or family == "mpt":
         return "learned", None, None, None, 1.0
     params = _rope_parameters(cfg)
+    if family == "internlm" and not params:  # InternLM v1's rope is its `rotary` dict, as model_defs/internlm.py reads
+        rotary = cfg.get("rotary") if isinstance(cfg.get("rotary"), dict) else {"base": 10000, "type": "dynamic"}
+        base = float(rotary.get("base", 10000))
+        if rotary.get("type", "dynamic") == "dynamic":
+            return "rope", "dynamic", base, {"rope_type": "dynamic", "factor": rotary.get("scaling_factor", 1.0)}, 1.0
+        return "rope", "default", base, None, 1.0
     theta = first(params, "rope_theta") or first(cfg, "rope_theta", "rotary_emb_base", "rope_base")
     if theta is None and family == "chatglm":
         theta = 10000.0 * float(cfg.get("rope_ratio", 1))

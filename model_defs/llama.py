@@ -1,4 +1,4 @@
-"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM) with HF weights."""
+"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM)."""
 
 from __future__ import annotations
 

@@ -198,11 +198,13 @@ LLAMA_LIKE = {
 
 # --- InternLM, InternLM2: Llama checkpoints rewritten into their hub layouts (remote_layouts.py) ----------------
 REMOTE_LAYOUTS = {
-    # internlm-7b style: q/k/v/o biases, no GQA, config.json without num_key_value_heads and without "bias" (the
-    # repo's InternLMConfig defaults it to true).
+    # internlm-chat-7b style: q/k/v/o biases, no GQA, config.json without num_key_value_heads, rope_theta or "bias"
+    # (the repo's InternLMConfig defaults it to true); its rope is the `rotary` dict (base 50000 here; dynamic NTK
+    # scaling_factor 1.0 is plain rope within max_position_embeddings).
     "internlm": Case("LlamaConfig", dict(_LLAMA, num_key_value_heads=4, attention_bias=True, tie_word_embeddings=False),
-                     dict(rope_theta=10000.0, rope_scaling=None), _ROPE, layout="internlm",
-                     layout_keys=dict(num_key_value_heads=None, bias=None)),
+                     dict(rope_theta=50000.0, rope_scaling=None), _ROPE, layout="internlm",
+                     layout_keys=dict(num_key_value_heads=None, bias=None, rope_theta=None, rope_scaling=None,
+                                      rotary=dict(base=50000, type="dynamic"))),
     # internlm2-chat-7b style: GQA (2 query heads per kv head) so that wqkv's grouped rows are re-laid, "bias": false,
     # rope_theta 1e6; linear scaling here (it changes every position's rotation) in the hub's {"type": ...} spelling.
     "internlm2": Case("LlamaConfig", dict(_LLAMA, tie_word_embeddings=False),

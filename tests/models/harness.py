@@ -284,7 +284,8 @@ class Bench:
                 reference = self.reference(name)
                 out = _remote_layouts().rewrite(case.layout, reference, self.tmp.mktemp(name), case.layout_keys)
             else:
-                out = write_checkpoint(name, case, self.tmp.mktemp(name if hub_style else f"{name}-as-saved"), hub_style)
+                out = self.tmp.mktemp(name if hub_style else f"{name}-as-saved")
+                out = write_checkpoint(name, case, out, hub_style)
             self.paths[name, hub_style] = out
         return self.paths[name, hub_style]
 

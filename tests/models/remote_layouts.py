@@ -26,8 +26,8 @@ _ARCHITECTURES = {"internlm": "InternLMForCausalLM", "internlm2": "InternLM2ForC
 _LLAMA_ONLY = ("attention_bias", "mlp_bias", "head_dim", "pretraining_tp", "layer_types")
 
 _INTERNLM2_NAMES = {  # Llama's module names -> modeling_internlm2.py's
-    ".self_attn.o_proj.": ".attention.wo.", ".mlp.gate_proj.": ".feed_forward.w1.", ".mlp.up_proj.": ".feed_forward.w3.",
-    ".mlp.down_proj.": ".feed_forward.w2.", ".input_layernorm.": ".attention_norm.",
+    ".self_attn.o_proj.": ".attention.wo.", ".mlp.gate_proj.": ".feed_forward.w1.",
+    ".mlp.up_proj.": ".feed_forward.w3.", ".mlp.down_proj.": ".feed_forward.w2.", ".input_layernorm.": ".attention_norm.",
     ".post_attention_layernorm.": ".ffn_norm.",
 }  # fmt: skip
 
@@ -47,7 +47,8 @@ def _internlm2_state(state: dict, config: dict) -> dict:
     for name, tensor in state.items():
         if ".self_attn.q_proj." in name:
             k, v = (state[name.replace(".q_proj.", f".{p}_proj.")] for p in "kv")
-            out[name.replace(".self_attn.q_proj.", ".attention.wqkv.")] = pack_wqkv(tensor, k, v, num_kv_heads, head_dim)
+            wqkv = pack_wqkv(tensor, k, v, num_kv_heads, head_dim)
+            out[name.replace(".self_attn.q_proj.", ".attention.wqkv.")] = wqkv
             continue
         if ".self_attn.k_proj." in name or ".self_attn.v_proj." in name:
             continue  # packed with q
