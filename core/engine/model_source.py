@@ -101,10 +101,11 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
 
 
 def _native_remote_config(raw: dict):
-    """A PretrainedConfig for a checkpoint whose config class lives in its repo (auto_map) but whose architecture
-    llmctl runs natively (InternLM, InternLM2): config.json over the family's defaults (the repo config class's,
-    core/config_keys.py), so the repo's code need not run and --trust-remote-code is not needed (given, the repo's
-    config class reads it, as model_impl="transformers" with the repo's model code needs). None otherwise."""
+    """A PretrainedConfig for a checkpoint whose model_type transformers does not know (its config class lives in
+    the repo, auto_map) but whose architecture llmctl runs natively (InternLM, InternLM2): config.json over the
+    family's defaults (the repo config class's, core/config_keys.py), so the repo's code need not run and
+    --trust-remote-code is not needed (given, the repo's config class reads it, as model_impl="transformers" with
+    the repo's model code needs). None otherwise."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from llmctl.core import registry
@@ -112,16 +113,18 @@ def _native_remote_config(raw: dict):
 
     archs = raw.get("architectures")
     model_type = raw.get("model_type")
-    if not (isinstance(archs, list) and archs and isinstance(archs[0], str)) or model_type in CONFIG_MAPPING_NAMES:
+    if not (isinstance(archs, list) and archs and isinstance(archs[0], str) and isinstance(model_type, str)):
+        return None
+    if not model_type or model_type in CONFIG_MAPPING_NAMES:
         return None
     row = registry.lookup(archs[0])
-    if row is None or row.status != "native" or not raw.get("auto_map"):
+    if row is None or row.status != "native":
         return None
     from transformers import PretrainedConfig
 
     # A class of the model_type's name: to_dict() (what `check` reads back) writes the class's model_type.
     config_class = type(f"{archs[0]}Config", (PretrainedConfig,), {"model_type": model_type})
-    return config_class(**with_defaults(raw, DEFAULTS.get(family_of(model_type or "", archs[0]), {})))
+    return config_class(**with_defaults(raw, DEFAULTS.get(family_of(model_type, archs[0]), {})))
 
 
 def _checked_config(path: Path) -> dict:

@@ -91,6 +91,18 @@ def test_config_is_read_with_the_repo_config_defaults(bench):
     assert load_hf_config(bench.checkpoint("internlm2")).bias is False
 
 
+def test_a_converted_checkpoint_without_auto_map_still_loads_natively(bench, tmp_path):
+    from llmctl.core.engine.model_source import load_hf_config, select_model_class
+    from llmctl.model_defs.internlm import InternLM2ForCausalLM
+
+    path = tmp_path / "internlm2"
+    shutil.copytree(bench.checkpoint("internlm2"), path)
+    config = json.loads((path / "config.json").read_text())
+    del config["auto_map"]
+    (path / "config.json").write_text(json.dumps(config))
+    assert select_model_class(load_hf_config(path)) is InternLM2ForCausalLM
+
+
 def test_rotary_dict_becomes_the_rope():
     from llmctl.model_defs.internlm import rope_config_of_rotary
 
