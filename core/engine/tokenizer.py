@@ -56,8 +56,8 @@ def _refuse_remote_tokenizer(folder: Path) -> None:
     if not (isinstance(name, str) and tokenizer_class_from_name(name) is not None):  # else transformers has it
         raise UnsupportedModelError(
             f"the tokenizer of {folder} ({name}) is defined by code in the model's repo",
-            hint="pass --trust-remote-code (trust_remote_code=True) if you trust it, or skip_tokenizer_init=True "
-            "with token-id prompts",
+            hint="pass --trust-remote-code (trust_remote_code=True) if you trust it; from Python, "
+            "skip_tokenizer_init=True runs token-id prompts without it",
         )
 
 
