@@ -104,8 +104,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  layer_norm_epsilon=1e-6, max_position_embeddings=8192, kv_channels=128, rotary_pct=1.0,
                  rotary_emb_base=10000, use_dynamic_ntk=True, use_logn_attn=True, intermediate_size=22016,
                  no_bias=True, tie_word_embeddings=False, hidden_act="silu"),
-    "internlm": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
-    "internlm2": dict(bias=True, hidden_act="silu", tie_word_embeddings=False),
+    # The repos' own InternLMConfig / InternLM2Config defaults (llmctl reads these configs without their code).
+    "internlm": dict(bias=True, hidden_act="silu", tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0),
+    "internlm2": dict(bias=True, hidden_act="silu", tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0),
     "baichuan": dict(hidden_act="silu", tie_word_embeddings=False),
     "deepseek": dict(hidden_act="silu", tie_word_embeddings=False, first_k_dense_replace=0, moe_layer_freq=1,
                      n_shared_experts=None),
@@ -287,6 +288,12 @@ def read_rope(cfg: dict, family: str, head_dim: int | None) -> tuple[str, str | 
     if family in _LEARNED_POSITIONS or family == "mpt":
         return "learned", None, None, None, 1.0
     params = _rope_parameters(cfg)
+    if family == "internlm" and not params:  # InternLM v1's rope is its `rotary` dict, as model_defs/internlm.py reads
+        rotary = cfg.get("rotary") if isinstance(cfg.get("rotary"), dict) else {"base": 10000, "type": "dynamic"}
+        base = float(rotary.get("base", 10000))
+        if rotary.get("type", "dynamic") == "dynamic":
+            return "rope", "dynamic", base, {"rope_type": "dynamic", "factor": rotary.get("scaling_factor", 1.0)}, 1.0
+        return "rope", "default", base, None, 1.0
     theta = first(params, "rope_theta") or first(cfg, "rope_theta", "rotary_emb_base", "rope_base")
     if theta is None and family == "chatglm":
         theta = 10000.0 * float(cfg.get("rope_ratio", 1))

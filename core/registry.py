@@ -66,6 +66,9 @@ _NATIVE_ROWS: tuple[ArchInfo, ...] = (
     _native("Qwen3ForCausalLM", "llama", "llama", "strict"),
     _native("Olmo2ForCausalLM", "olmo2", "olmo2", "strict"),  # the Llama decoder with post-norms
     _native("GraniteForCausalLM", "granite", "granite", "strict"),  # the Llama decoder with scalar multipliers
+    # InternLM / InternLM2: the Llama decoder; hub repos ship remote code, which llmctl does not need
+    _native("InternLMForCausalLM", "internlm", "internlm", "strict"),
+    _native("InternLM2ForCausalLM", "internlm2", "internlm", "strict"),
     # Dense decoders
     _native("GemmaForCausalLM", "gemma", "gemma", "strict"),
     _native("Gemma2ForCausalLM", "gemma2", "gemma", "strict"),

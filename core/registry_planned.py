@@ -89,11 +89,9 @@ HunYuanDenseV1ForCausalLM                    hunyuan_v1_dense    generate       
 HunYuanMoEV1ForCausalLM                      hunyuan_v1_moe      generate        moe
 HunYuanVLForConditionalGeneration            hunyuan_vl          generate        multimodal
 Idefics3ForConditionalGeneration             idefics3            generate        multimodal
-InternLM2ForCausalLM                         internlm2           generate        decoder-only     remote
 InternLM2ForRewardModel                      internlm2           embed           decoder-only
 InternLM2VEForCausalLM                       internlm2_ve        generate        decoder-only
 InternLM3ForCausalLM                         internlm3           generate+embed  decoder-only
-InternLMForCausalLM                          internlm            generate+embed  decoder-only     remote
 InternS1ForConditionalGeneration             interns1            generate        multimodal
 InternVLChatModel                            internvl            generate        multimodal       remote
 InternVLForConditionalGeneration             internvl            generate        multimodal

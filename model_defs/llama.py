@@ -1,4 +1,4 @@
-"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite) with HF weights."""
+"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from llmctl.model_defs.base import CausalLM, head_dim_of, num_kv_heads_of
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
+from llmctl.model_defs.layers.layout_linear import KVGroupedQKVLinear
 from llmctl.model_defs.layers.linear import Linear, QKVLinear
 from llmctl.model_defs.layers.mlp import GatedMLP
 from llmctl.model_defs.layers.norm import RMSNorm, norm_then_linear
@@ -28,6 +29,8 @@ class LlamaVariant:
     sliding_window: str = "none"  # "none" | "all" (Mistral: config.sliding_window) | "layer_types" (Qwen2/3)
     post_norms: bool = False  # OLMo 2: no pre-norms; each sublayer's output is normed before it joins the residual
     multipliers: bool = False  # Granite: embedding_, residual_, attention_multiplier and logits_scaling from config
+    bias_key: str = "attention_bias"  # the config key of the q/k/v/o bias flag: InternLM / InternLM2 call it "bias"
+    kv_grouped_qkv: bool = False  # InternLM2's wqkv: per kv group its q heads, then k, then v (not q|k|v)
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -49,11 +52,12 @@ class LlamaAttention(nn.Module):
         self.head_dim = head_dim_of(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        attention_bias = getattr(config, "attention_bias", False)
+        attention_bias = getattr(config, variant.bias_key, False)
         qkv_bias = attention_bias if variant.qkv_bias is None else variant.qkv_bias
         o_bias = attention_bias if variant.o_bias is None else variant.o_bias
 
-        self.qkv_proj = QKVLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
+        qkv_cls = KVGroupedQKVLinear if variant.kv_grouped_qkv else QKVLinear
+        self.qkv_proj = qkv_cls(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
         self.qk_norm = variant.qk_norm
         if variant.qk_norm != "none":

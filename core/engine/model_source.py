@@ -88,7 +88,7 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
         config.model_type = d.get("model_type", "llama")
         return config
     raw = _checked_config(path)
-    native = _native_remote_config(raw)
+    native = None if trust_remote_code else _native_remote_config(raw)
     if native is not None:
         return native
     from transformers import AutoConfig
@@ -101,24 +101,30 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
 
 
 def _native_remote_config(raw: dict):
-    """config.json as a plain PretrainedConfig when llmctl builds the architecture natively but the installed
-    transformers does not know its model_type (Qwen v1's "qwen"): its repo's configuration code is not run,
-    with or without trust_remote_code, and the model_def reads the keys with the remote class's defaults."""
+    """A PretrainedConfig for a checkpoint whose model_type transformers does not know (its config class lives in
+    the repo, auto_map) but whose architecture llmctl runs natively (InternLM, InternLM2): config.json over the
+    family's defaults (the repo config class's, core/config_keys.py), so the repo's code need not run and
+    --trust-remote-code is not needed (given, the repo's config class reads it, as model_impl="transformers" with
+    the repo's model code needs). None otherwise."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from llmctl.core import registry
+    from llmctl.core.config_keys import DEFAULTS, family_of, with_defaults
 
-    if raw.get("model_type") in CONFIG_MAPPING_NAMES:  # transformers' own config class reads it (MPT's "mpt")
-        return None
     archs = raw.get("architectures")
-    row = registry.lookup(archs[0]) if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    model_type = raw.get("model_type")
+    if not (isinstance(archs, list) and archs and isinstance(archs[0], str) and isinstance(model_type, str)):
+        return None
+    if not model_type or model_type in CONFIG_MAPPING_NAMES:
+        return None
+    row = registry.lookup(archs[0])
     if row is None or row.status != "native":
         return None
     from transformers import PretrainedConfig
 
-    config = PretrainedConfig(**raw)
-    config.model_type = raw.get("model_type", row.family)
-    return config
+    # A class of the model_type's name: to_dict() (what `check` reads back) writes the class's model_type.
+    config_class = type(f"{archs[0]}Config", (PretrainedConfig,), {"model_type": model_type})
+    return config_class(**with_defaults(raw, DEFAULTS.get(family_of(model_type, archs[0]), {})))
 
 
 def _checked_config(path: Path) -> dict:

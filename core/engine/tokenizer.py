@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmctl.core.errors import ModelReadError, UsageError
+from llmctl.core.errors import ModelReadError, UnsupportedModelError, UsageError
 
 Conversation = list[dict[str, Any]]
 
@@ -25,22 +25,48 @@ def load_tokenizer(
         from llmctl.core.engine.gguf_loader import load_gguf_tokenizer
 
         return load_gguf_tokenizer(path)
+    if not trust_remote_code:
+        _refuse_remote_tokenizer(Path(path))
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         if not trust_remote_code and "trust_remote_code" in str(exc):
-            # Qwen v1 (qwen.tiktoken + tokenization_qwen.py): the model runs natively, its tokenizer is repo code.
-            raise ModelReadError(
-                f"the tokenizer of {path} is defined by code in the model's repo",
-                hint="pass --trust-remote-code (trust_remote_code=True) if you trust it, "
-                "or skip_tokenizer_init=True with token prompts",
-            ) from None
+            # A repo-code tokenizer the pre-check did not see (no auto_map in tokenizer_config.json).
+            raise _needs_remote_code(path, None) from None
         raise ModelReadError(
             f"cannot load a tokenizer from {path}: {exc}",
             hint="pass tokenizer=... or skip_tokenizer_init=True with token prompts",
         ) from exc
+
+
+def _refuse_remote_tokenizer(folder: Path) -> None:
+    """A folder whose tokenizer class is the repo's own code (tokenizer_config.json auto_map: InternLM, Baichuan,
+    ChatGLM) cannot load without trust_remote_code: say so in one line, before transformers asks or fails."""
+    import json
+
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return  # no such file (or not a folder): transformers reports what it lacks
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not (isinstance(auto_map, dict) and auto_map.get("AutoTokenizer")):
+        return
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    name = config.get("tokenizer_class")
+    if not (isinstance(name, str) and tokenizer_class_from_name(name) is not None):  # else transformers has it
+        raise _needs_remote_code(folder, name)
+
+
+def _needs_remote_code(path, name: str | None) -> UnsupportedModelError:
+    """The one error for a tokenizer that only the repo's code can load (the model itself may run natively)."""
+    return UnsupportedModelError(
+        f"the tokenizer of {path}{f' ({name})' if name else ''} is defined by code in the model's repo",
+        hint="pass --trust-remote-code (trust_remote_code=True) if you trust it; from Python, "
+        "skip_tokenizer_init=True runs token-id prompts without it",
+    )
 
 
 def eos_token_ids(tokenizer, *configs) -> set[int]:

@@ -73,13 +73,23 @@ def test_unknown_architecture_suggests_nearest(run_cli, tmp_path, model_writer, 
 
 
 def test_remote_code_model(run_cli, tmp_path, model_writer, llama_config):
-    cfg = {**llama_config, "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
-           "auto_map": {"AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}
+    cfg = {**llama_config, "architectures": ["DeepseekForCausalLM"], "model_type": "deepseek",
+           "auto_map": {"AutoModelForCausalLM": "modeling_deepseek.DeepseekForCausalLM"}}
     result = run_cli("check", model_writer(tmp_path / "r", cfg), "--json")
     assert result.exit_code == 1
     data = result.json()
     assert data["needs_trust_remote_code"] is True
     assert any("--trust-remote-code" in r for r in data["reasons"])
+
+
+def test_repo_code_is_not_needed_for_a_native_architecture(run_cli, tmp_path, model_writer, llama_config):
+    """InternLM2 repos map their own classes (auto_map), but llmctl runs the architecture natively."""
+    cfg = {**llama_config, "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
+           "auto_map": {"AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}
+    result = run_cli("check", model_writer(tmp_path / "r", cfg), "--json")
+    assert result.exit_code == 0, result.stderr
+    data = result.json()
+    assert data["implementation"] == "native" and data["needs_trust_remote_code"] is False
 
 
 def test_quantized_checkpoint_is_reported(run_cli, tmp_path, model_writer, llama_config):

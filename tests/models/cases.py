@@ -17,6 +17,10 @@ class Case:
     drop: tuple[str, ...] = ()  # transformers-5 keys hub files lack, removed from config.json
     hf_attention: str = "eager"  # transformers' attention implementation to compare with
     strict: bool = True  # False: built for one family test only, not run through the strict checks
+    # A hub layout (remote_layouts.py) the saved checkpoint is rewritten into: llmctl loads the rewritten one,
+    # transformers the saved one, its reference. layout_keys: config.json keys of the rewritten file (None: left out).
+    layout: str | None = None
+    layout_keys: dict = field(default_factory=dict)
 
 
 _ROPE = ("rope_parameters",)
@@ -192,5 +196,26 @@ LLAMA_LIKE = {
                                                        tie_word_embeddings=False), dict(rope_theta=10000.0), _ROPE),
 }  # fmt: skip
 
-CASES: dict[str, Case] = {**LLAMA, **GEMMA, **GPT_PHI, **ALIBI_FAMILIES, **LLAMA_LIKE}
+# --- InternLM, InternLM2: Llama checkpoints rewritten into their hub layouts (remote_layouts.py) ----------------
+REMOTE_LAYOUTS = {
+    # internlm-chat-7b style: q/k/v/o biases, no GQA, config.json without num_key_value_heads, rope_theta or "bias"
+    # (the repo's InternLMConfig defaults it to true); its rope is the `rotary` dict (base 50000 here; dynamic NTK
+    # scaling_factor 1.0 is plain rope within max_position_embeddings).
+    "internlm": Case("LlamaConfig", dict(_LLAMA, num_key_value_heads=4, attention_bias=True, tie_word_embeddings=False),
+                     dict(rope_theta=50000.0, rope_scaling=None), _ROPE, layout="internlm",
+                     layout_keys=dict(num_key_value_heads=None, bias=None, rope_theta=None, rope_scaling=None,
+                                      rotary=dict(base=50000, type="dynamic"))),
+    # internlm2-chat-7b style: GQA (2 query heads per kv head) so that wqkv's grouped rows are re-laid, "bias": false,
+    # rope_theta 1e6; linear scaling here (it changes every position's rotation) in the hub's {"type": ...} spelling.
+    "internlm2": Case("LlamaConfig", dict(_LLAMA, tie_word_embeddings=False),
+                      dict(rope_theta=1000000.0, rope_scaling=dict(rope_type="linear", factor=2.0)), _ROPE,
+                      layout="internlm2", layout_keys=dict(rope_scaling=dict(type="linear", factor=2.0))),
+    # 8 query heads over 2 kv heads (4 per group), biases on wqkv and wo, dynamic NTK as the 7B / 20B chat configs.
+    "internlm2_bias": Case("LlamaConfig", dict(_LLAMA, num_attention_heads=8, attention_bias=True,
+                                               tie_word_embeddings=False),
+                           dict(rope_theta=1000000.0, rope_scaling=dict(rope_type="dynamic", factor=2.0)), _ROPE,
+                           layout="internlm2", layout_keys=dict(rope_scaling=dict(type="dynamic", factor=2.0))),
+}  # fmt: skip
+
+CASES: dict[str, Case] = {**LLAMA, **GEMMA, **GPT_PHI, **ALIBI_FAMILIES, **LLAMA_LIKE, **REMOTE_LAYOUTS}
 STRICT = sorted(name for name, case in CASES.items() if case.strict)

@@ -9,6 +9,7 @@ checks: packed prefill logits, chunked prefill, greedy decode under the top-5 ru
 # dataclasses cannot resolve string annotations.
 
 import importlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,13 +86,19 @@ def family(model_or_class):
 
 
 def load_ours(path: Path):
-    """(llmctl model in float32 on CPU, transformers config) from a checkpoint folder."""
-    import transformers
-
+    """(llmctl model in float32 on CPU, its config as the engine reads it) from a checkpoint folder."""
     from llmctl.core.engine.loader import build_model, iter_safetensors
+    from llmctl.core.engine.model_source import load_hf_config
 
-    config = transformers.AutoConfig.from_pretrained(path)
+    config = load_hf_config(path)
     return build_model(config, model_class(config), torch.float32, "cpu", iter_safetensors(path)), config
+
+
+def _remote_layouts():
+    spec = importlib.util.spec_from_file_location("remote_layouts", Path(__file__).with_name("remote_layouts.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- the paged driver -----------------------------------------------------------------------------------------
@@ -271,11 +278,25 @@ class Bench:
         """The case's folder; hub_style=False: the same weights, config.json as transformers 5 saves it (a case
         whose hub file differs only in torch_dtype / dtype, which llmctl does not read here, has one folder)."""
         case = self.cases[name]
-        hub_style = hub_style or not (case.drop or case.hub_keys)
+        hub_style = hub_style or not (case.drop or case.hub_keys) or case.layout is not None
         if (name, hub_style) not in self.paths:
-            out = self.tmp.mktemp(name if hub_style else f"{name}-as-saved")
-            self.paths[name, hub_style] = write_checkpoint(name, case, out, hub_style)
+            if case.layout is not None:  # the reference, then its rewrite into the family's hub layout
+                reference = self.reference(name)
+                out = _remote_layouts().rewrite(case.layout, reference, self.tmp.mktemp(name), case.layout_keys)
+            else:
+                out = self.tmp.mktemp(name if hub_style else f"{name}-as-saved")
+                out = write_checkpoint(name, case, out, hub_style)
+            self.paths[name, hub_style] = out
         return self.paths[name, hub_style]
+
+    def reference(self, name: str, hub_style: bool = True) -> Path:
+        """The checkpoint transformers loads: the case's own, or for a rewritten case the one it was rewritten from."""
+        if self.cases[name].layout is None:
+            return self.checkpoint(name, hub_style)
+        if (name, "reference") not in self.paths:
+            out = self.tmp.mktemp(f"{name}-reference")
+            self.paths[name, "reference"] = write_checkpoint(name, self.cases[name], out)
+        return self.paths[name, "reference"]
 
     def architecture(self, name: str) -> str:
         """The architecture string the case's config.json names."""
@@ -283,7 +304,7 @@ class Bench:
 
     def hf(self, name: str, hub_style: bool = True):
         """transformers' model of checkpoint(name, hub_style)."""
-        path = self.checkpoint(name, hub_style)
+        path = self.reference(name, hub_style)
         if path not in self.hf_models:
             self.hf_models[path] = load_hf(path, self.cases[name].hf_attention)
         return self.hf_models[path]

@@ -266,7 +266,7 @@ def test_repo_code_tokenizer_needs_the_flag(qwen_path, tmp_path):
 
     from llmctl import LLM
     from llmctl.cli.app import app
-    from llmctl.core.errors import EXIT_MODEL, ModelReadError
+    from llmctl.core.errors import UnsupportedModelError
 
     path = tmp_path / "with-tokenizer"
     shutil.copytree(qwen_path, path)
@@ -274,11 +274,11 @@ def test_repo_code_tokenizer_needs_the_flag(qwen_path, tmp_path):
         "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}, "tokenizer_class": "QWenTokenizer",
         "model_max_length": 8192}))  # fmt: skip
     (path / "qwen.tiktoken").write_text("IQ== 0\nIg== 1\n")
-    with pytest.raises(ModelReadError, match="defined by code in the model's repo") as err:
+    with pytest.raises(UnsupportedModelError, match="defined by code in the model's repo") as err:
         LLM(str(path), dtype="float32", device="cpu")
     assert "--trust-remote-code" in err.value.hint
     result = CliRunner().invoke(app, ["generate", "-m", str(path), "-p", "hello", "--device", "cpu", "--max-tokens", "2"])
-    assert result.exit_code == EXIT_MODEL, result.output
+    assert result.exit_code == UnsupportedModelError.exit_code, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr and len(lines) <= 2, result.stderr
     assert "--trust-remote-code" in result.stderr
