@@ -100,28 +100,13 @@ class LLM:
             raise UnsupportedModelError("embedding models are read from HF folders, not .gguf files")
         self.tokenizer = None
         if not config.skip_tokenizer_init:
-            self.tokenizer = load_tokenizer(config.tokenizer or path, revision=config.tokenizer_revision or config.revision,
+            revision = config.tokenizer_revision or config.revision
+            self.tokenizer = load_tokenizer(config.tokenizer or path, revision=revision,
                                             trust_remote_code=config.trust_remote_code)  # fmt: skip
         t0 = time.perf_counter()
         self.embedder = build_embedder(
             path, self.hf_config, self.dtype, self.device, self.tokenizer,
             weights_for(path, config.load_format, self.dtype), config.max_model_len,
-        )  # fmt: skip
-        self.load_seconds = time.perf_counter() - t0
-        self.max_model_len = self.embedder.config.max_seq_length
-
-    def _init_embedder(self, path, tokenizer, max_model_len, load_format, trust_remote_code, revision, skip_tok):
-        from llmctl.core.engine.embedder import build_embedder
-
-        if is_gguf(path):
-            raise UnsupportedModelError("embedding models are read from HF folders, not .gguf files")
-        self.tokenizer = None
-        if not skip_tok:
-            self.tokenizer = load_tokenizer(tokenizer or path, revision=revision, trust_remote_code=trust_remote_code)
-        t0 = time.perf_counter()
-        self.embedder = build_embedder(
-            path, self.hf_config, self.dtype, self.device, self.tokenizer,
-            weights_for(path, load_format, self.dtype), max_model_len,
         )  # fmt: skip
         self.load_seconds = time.perf_counter() - t0
         self.max_model_len = self.embedder.config.max_seq_length
