@@ -206,7 +206,7 @@ def _params(n: int):
 
 def build_llmctl(cfg: BenchConfig, path: Path, device, state: dict | None, log: Callable[[str], None]):
     """Construct the LLM (timed); when `state` holds transformers' tensors, copy them over its weights (untimed)."""
-    from llmctl.core.engine.engine import default_max_num_seqs
+    from llmctl.core.engine.config import default_max_num_seqs
     from llmctl.core.engine.llm import LLM
     from llmctl.core.engine.loader import load_weights
 

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from llmctl.core.engine.config import EngineConfig
 from llmctl.core.engine.staging import word_layout, word_views
 from llmctl.model_defs.layers.context import AttentionMetadata, ForwardContext
 
@@ -65,22 +66,14 @@ class DecodeRunner:
     the rows stay valid until the next call.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        kv_caches: list[torch.Tensor],
-        block_size: int,
-        max_model_len: int,
-        max_num_seqs: int,
-        device: torch.device,
-    ):
+    def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], config: EngineConfig):
         self.model = model
         self.kv_caches = kv_caches
-        self.block_size = block_size
-        self.device = torch.device(device)
-        self.sizes = graph_batch_sizes(max_num_seqs)
+        self.block_size = config.block_size
+        self.device = config.device
+        self.sizes = graph_batch_sizes(config.max_num_seqs)
         self.max_batch = self.sizes[-1]
-        self.width = -(-max_model_len // block_size)
+        self.width = -(-config.max_model_len // config.block_size)
         words = word_layout(_bucket_specs(self.max_batch, self.width))[1]  # the largest bucket's layout holds all
         on_cuda = self.device.type == "cuda"
         # Two pinned host buffers used in turn: with overlapped steps (async scheduling) the host fills step n + 1

@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import itertools
 import time
-import warnings
 from collections.abc import Iterable
 
 import torch
 
 from llmctl.core.engine.detokenizer import IncrementalDetokenizer, find_stop
-from llmctl.core.engine.kv_cache import (
-    DEFAULT_CPU_KV_CACHE_BYTES,
-    BlockManager,
-    KVCacheSpec,
-    allocate_kv_caches,
-    cuda_kv_budget,
-    num_blocks_for_budget,
-    profile_peak,
-)
+from llmctl.core.engine.config import EngineConfig
+from llmctl.core.engine.kv_cache import BlockManager, KVCacheSpec, allocate_kv_caches, size_kv_cache
 from llmctl.core.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from llmctl.core.engine.runner import InflightStep, ModelRunner
 from llmctl.core.engine.sampler import Sampler, SamplingState
-from llmctl.core.engine.scheduler import Scheduler, SchedulerConfig
+from llmctl.core.engine.scheduler import Scheduler
 from llmctl.core.engine.sequence import Sequence, SequenceStatus
 from llmctl.core.errors import UsageError
 from llmctl.core.values import text_problem, token_id_list
 from llmctl.model_defs.layers.rotary import RotaryEmbedding
-
-
-def default_max_num_seqs(device: torch.device) -> int:
-    """Sequences decoded together unless told: 512 (the largest CUDA-graph bucket) on a GPU of at least 70 GiB, where
-    offline runs gain from the larger batch (vLLM's V1 defaults grow on such cards too), else 256."""
-    if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= 70 << 30:
-        return 512
-    return 256
 
 
 class LLMEngine:
@@ -45,12 +29,8 @@ class LLMEngine:
     was rejected (`error` set, finish_reason "error"). Requests that can never run (a prompt longer
     than max_model_len, an empty prompt) are rejected one by one; the others go on.
 
-    The KV cache gets num_kv_blocks blocks when given, else as many as kv_cache_memory bytes hold
-    (any device), else as gpu_memory_utilization leaves on CUDA / 1 GiB on CPU, capped at what
-    max_num_seqs sequences of max_model_len use. When it cannot hold one sequence of max_model_len
-    tokens, shrink_max_model_len lowers max_model_len to fit (with a warning); otherwise UsageError.
-
-    max_num_seqs defaults to default_max_num_seqs(device).
+    `config` is resolved (EngineConfig.resolve); size_kv_cache (core/engine/kv_cache.py) fixes the cache's blocks,
+    lowering max_model_len to what they hold when it may; `self.config` is the config the engine runs with.
     On CUDA, decode steps run at bucketed batch sizes on static inputs and, unless enforce_eager, as CUDA graphs
     captured here (cuda_graph_capture_seconds says how long that took); see core/engine/cuda_graph.py.
     padded_decode (default: on for CUDA) sends decode steps through that path on any device.
@@ -66,75 +46,31 @@ class LLMEngine:
         self,
         model: torch.nn.Module,
         kv_spec: KVCacheSpec,
+        config: EngineConfig,
         *,
         tokenizer=None,
-        device: torch.device | str = "cpu",
-        max_model_len: int,
-        max_num_seqs: int | None = None,
-        max_num_batched_tokens: int | None = None,
-        block_size: int = 16,
-        kv_cache_memory: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        num_kv_blocks: int | None = None,
         eos_token_ids: Iterable[int] = (),
-        seed: int | None = 0,
-        shrink_max_model_len: bool = False,
-        enforce_eager: bool = False,
-        padded_decode: bool | None = None,
-        async_scheduling: bool | None = None,
     ):
-        self.device = torch.device(device)
+        if not isinstance(config.device, torch.device) or config.max_num_seqs is None:
+            raise ValueError("LLMEngine needs a resolved EngineConfig (EngineConfig.resolve)")
+        self.device = config.device
         self.tokenizer = tokenizer
-        if max_num_seqs is None:
-            max_num_seqs = default_max_num_seqs(self.device)
         self.eos_token_ids = set(eos_token_ids)
-        self.max_model_len = max_model_len
         rope_len = min((m.max_position for m in model.modules() if isinstance(m, RotaryEmbedding)), default=None)
-        if rope_len is not None and max_model_len > rope_len:  # the rotary kernels do not bound-check positions
-            raise UsageError(f"max_model_len={max_model_len} is past the model's rotary cache of {rope_len} positions",
-                             hint=f"use max_model_len <= {rope_len}")  # fmt: skip
-        if max_num_batched_tokens is None:
-            # CUDA: large packed prefills keep the GPU busy (vLLM's offline default is of this size); CPU: 2048.
-            max_num_batched_tokens = max(8192 if self.device.type == "cuda" else 2048, max_num_seqs)
-        self.config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len)
-        if block_size < 1:
-            raise UsageError(f"block_size must be at least 1 (got {block_size})")
-
-        if num_kv_blocks is None:
-            if kv_cache_memory is not None:  # an explicit byte budget wins on every device
-                budget = int(kv_cache_memory)
-            elif self.device.type == "cuda":
-                peak = profile_peak(model, self.device, max_num_batched_tokens, max_model_len)
-                budget = cuda_kv_budget(self.device, gpu_memory_utilization, peak)
-            else:
-                budget = DEFAULT_CPU_KV_CACHE_BYTES
-            num_kv_blocks = num_blocks_for_budget(kv_spec, block_size, budget, max_model_len, max_num_seqs)
-        capacity = num_kv_blocks * block_size
-        if capacity < max_model_len:
-            if not shrink_max_model_len or num_kv_blocks < 1:
-                raise UsageError(
-                    f"the KV cache holds {capacity} tokens, fewer than max_model_len={max_model_len}",
-                    hint="lower max_model_len, or give the cache more memory (kv_cache_memory, "
-                    "gpu_memory_utilization) or blocks (num_kv_blocks)",
-                )
-            warnings.warn(f"max_model_len lowered from {max_model_len} to {capacity}: what the KV cache holds")
-            max_model_len = capacity
-            self.max_model_len = capacity
-            self.config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, capacity)
-        self.block_manager = BlockManager(num_kv_blocks, block_size)
-        kv_caches = allocate_kv_caches(kv_spec, num_kv_blocks, block_size, self.device)
-        self.sampler = Sampler(seed=seed, device=self.device)  # unseeded requests share its generator
-        self.runner = ModelRunner(
-            model, kv_caches, block_size, self.device, self.sampler,
-            max_model_len=max_model_len, max_num_seqs=max_num_seqs, padded_decode=padded_decode,
-        )
-        if (self.device.type == "cuda" and not enforce_eager and self.runner.decode is not None
+        if rope_len is not None and config.max_model_len > rope_len:  # the rotary kernels do not bound-check positions
+            raise UsageError(f"max_model_len={config.max_model_len} is past the model's rotary cache of {rope_len} "
+                             "positions", hint=f"use max_model_len <= {rope_len}")  # fmt: skip
+        self.config = config = size_kv_cache(model, kv_spec, config)
+        self.max_model_len = config.max_model_len
+        self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
+        kv_caches = allocate_kv_caches(kv_spec, config.num_kv_blocks, config.block_size, self.device)
+        self.sampler = Sampler(seed=config.seed, device=self.device)  # unseeded requests share its generator
+        self.runner = ModelRunner(model, kv_caches, config, self.sampler)
+        if (self.device.type == "cuda" and not config.enforce_eager and self.runner.decode is not None
                 and model.supports_cuda_graphs):
             self.runner.decode.capture()
-        self.scheduler = Scheduler(self.config, self.block_manager)
-        self.async_scheduling = self.runner.decode is not None if async_scheduling is None else async_scheduling
-        if self.async_scheduling and self.runner.decode is None:
-            raise UsageError("async_scheduling needs padded decode steps (padded_decode=True)")
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.async_scheduling = config.async_scheduling
         self._inflight: InflightStep | None = None  # a decode step queued on the device, its tokens not read yet
         self._token_text: dict[int, str] = {}
         self._seqs: dict[str, Sequence] = {}

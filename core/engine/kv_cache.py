@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from llmctl.core.engine.config import EngineConfig
 from llmctl.core.engine.sequence import Sequence
 from llmctl.core.errors import UsageError
 
@@ -88,6 +90,37 @@ def profile_peak(model, device: torch.device, max_num_batched_tokens: int, max_m
     peak = torch.cuda.max_memory_allocated(device)
     torch.cuda.empty_cache()
     return peak
+
+
+def size_kv_cache(model, spec: KVCacheSpec, config: EngineConfig) -> EngineConfig:
+    """The resolved config with num_kv_blocks fixed: given, else as many as kv_cache_memory bytes hold (any device),
+    else as gpu_memory_utilization leaves on CUDA / 1 GiB on CPU, capped at what max_num_seqs sequences of
+    max_model_len use.
+
+    When the blocks cannot hold one sequence of max_model_len tokens, shrink_max_model_len lowers max_model_len to
+    fit (with a warning); otherwise UsageError.
+    """
+    blocks, block_size, max_model_len = config.num_kv_blocks, config.block_size, config.max_model_len
+    if blocks is None:
+        if config.kv_cache_memory is not None:  # an explicit byte budget wins on every device
+            budget = config.kv_cache_memory
+        elif config.device.type == "cuda":
+            peak = profile_peak(model, config.device, config.max_num_batched_tokens, max_model_len)
+            budget = cuda_kv_budget(config.device, config.gpu_memory_utilization, peak)
+        else:
+            budget = DEFAULT_CPU_KV_CACHE_BYTES
+        blocks = num_blocks_for_budget(spec, block_size, budget, max_model_len, config.max_num_seqs)
+    capacity = blocks * block_size
+    if capacity < max_model_len:
+        if not config.shrink_max_model_len or blocks < 1:
+            raise UsageError(
+                f"the KV cache holds {capacity} tokens, fewer than max_model_len={max_model_len}",
+                hint="lower max_model_len, or give the cache more memory (kv_cache_memory, "
+                "gpu_memory_utilization) or blocks (num_kv_blocks)",
+            )
+        warnings.warn(f"max_model_len lowered from {max_model_len} to {capacity}: what the KV cache holds")
+        max_model_len = capacity
+    return replace(config, num_kv_blocks=blocks, max_model_len=max_model_len)
 
 
 def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int, block_size: int, device) -> list[torch.Tensor]:

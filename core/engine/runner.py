@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmctl.core.engine.config import EngineConfig
 from llmctl.core.engine.cuda_graph import DecodeRunner
 from llmctl.core.engine.sampler import Sampler
 from llmctl.core.engine.staging import Staging, host_to_device
@@ -84,35 +85,18 @@ class ModelRunner:
     """Owns the model and its KV cache; device-agnostic (plain torch on CPU and CUDA alike).
 
     Steps that schedule one token per sequence go through a DecodeRunner (static inputs padded to bucket sizes,
-    replayed as CUDA graphs once its `capture` ran) when `padded_decode` is on; other steps are packed
-    without padding and run eagerly. padded_decode defaults to on for CUDA (where graphs need it) and off elsewhere.
+    replayed as CUDA graphs once its `capture` ran) when the resolved config's `padded_decode` is on; other steps
+    are packed without padding and run eagerly.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        kv_caches: list[torch.Tensor],
-        block_size: int,
-        device: torch.device,
-        sampler: Sampler,
-        *,
-        max_model_len: int | None = None,
-        max_num_seqs: int = 256,
-        padded_decode: bool | None = None,
-    ):
+    def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor], config: EngineConfig, sampler: Sampler):
         self.model = model
         self.sampler = sampler
         self.kv_caches = kv_caches
-        self.block_size = block_size
-        self.device = torch.device(device)
+        self.block_size = config.block_size
+        self.device = config.device
         self._staging = Staging(self.device)
-        if padded_decode is None:
-            padded_decode = self.device.type == "cuda"
-        self.decode: DecodeRunner | None = None
-        if padded_decode:
-            if max_model_len is None:
-                raise ValueError("padded decode needs max_model_len (the width of its block tables)")
-            self.decode = DecodeRunner(model, kv_caches, block_size, max_model_len, max_num_seqs, self.device)
+        self.decode = DecodeRunner(model, kv_caches, config) if config.padded_decode else None
 
     def prepare(self, scheduled: list[tuple[Sequence, int]]) -> PackedBatch:
         """Pack the new tokens of every scheduled sequence, with no padding, and their cache slots."""

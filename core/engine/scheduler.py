@@ -6,23 +6,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from llmctl.core.engine.config import EngineConfig
 from llmctl.core.engine.kv_cache import BlockManager
 from llmctl.core.engine.sequence import Sequence, SequenceStatus
-from llmctl.core.errors import UsageError
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Limits of one step: sequences in flight, tokens in the packed batch, and the longest sequence."""
-
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
-
-    def __post_init__(self):
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1 (got {getattr(self, name)})")
 
 
 @dataclass
@@ -49,9 +35,10 @@ class Scheduler:
     When the KV cache cannot grow a running sequence, the most recently admitted running sequence is
     preempted (its blocks are freed and it goes back to the front of the queue to be recomputed). Then,
     if nobody was preempted, waiting sequences join while there are seats, tokens and blocks left.
+    `config` is resolved (EngineConfig.resolve): its max_num_seqs, max_num_batched_tokens and max_model_len are set.
     """
 
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
+    def __init__(self, config: EngineConfig, block_manager: BlockManager):
         self.config = config
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()

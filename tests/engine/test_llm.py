@@ -266,10 +266,10 @@ def test_default_max_num_seqs_by_device(monkeypatch):
     """256 sequences at most unless told; 512 on a CUDA card of 70 GiB or more."""
     from types import SimpleNamespace
 
-    from llmctl.core.engine import engine
+    from llmctl.core.engine import config
 
-    assert engine.default_max_num_seqs(torch.device("cpu")) == 256
+    assert config.default_max_num_seqs(torch.device("cpu")) == 256
     for gib, want in ((80, 512), (40, 256)):
         props = SimpleNamespace(total_memory=gib << 30)
-        monkeypatch.setattr(engine.torch.cuda, "get_device_properties", lambda device, props=props: props)
-        assert engine.default_max_num_seqs(torch.device("cuda")) == want
+        monkeypatch.setattr(config.torch.cuda, "get_device_properties", lambda device, props=props: props)
+        assert config.default_max_num_seqs(torch.device("cuda")) == want

@@ -87,6 +87,7 @@ def test_engine_refuses_a_max_model_len_past_the_rotary_cache(tiny_llama):
     """Positions past the cos/sin cache would be read out of bounds by the rotary kernels: never let one be made."""
     from transformers import AutoConfig
 
+    from llmctl.core.engine.config import EngineConfig
     from llmctl.core.engine.engine import LLMEngine
     from llmctl.core.engine.kv_cache import kv_cache_spec
     from llmctl.core.engine.loader import build_model
@@ -98,5 +99,6 @@ def test_engine_refuses_a_max_model_len_past_the_rotary_cache(tiny_llama):
     model = build_model(config, LlamaForCausalLM, torch.float32, "cpu", None)
     spec = kv_cache_spec(model, torch.float32)
     with pytest.raises(UsageError, match="rotary cache of 128 positions"):
-        LLMEngine(model, spec, max_model_len=129, kv_cache_memory=1 << 20)
-    assert LLMEngine(model, spec, max_model_len=128, kv_cache_memory=1 << 20).max_model_len == 128
+        LLMEngine(model, spec, EngineConfig(path, device="cpu", max_model_len=129, kv_cache_memory=1 << 20).resolve())
+    config = EngineConfig(path, device="cpu", max_model_len=128, kv_cache_memory=1 << 20).resolve()
+    assert LLMEngine(model, spec, config).max_model_len == 128

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from llmctl.core.engine.config import EngineConfig
 from llmctl.core.engine.kv_cache import BlockManager
 from llmctl.core.engine.outputs import RequestMetrics
 from llmctl.core.engine.sampling_params import SamplingParams
-from llmctl.core.engine.scheduler import Scheduler, SchedulerConfig
+from llmctl.core.engine.scheduler import Scheduler
 from llmctl.core.engine.sequence import Sequence, SequenceStatus
 from llmctl.core.errors import UsageError
+
+
+def _limits(**limits) -> EngineConfig:
+    """The config a Scheduler reads: max_num_seqs, max_num_batched_tokens, max_model_len (no model behind it)."""
+    return EngineConfig("tiny", **limits)
 
 
 def _seq(name: str, n_prompt: int, max_tokens: int) -> Sequence:
@@ -45,7 +51,7 @@ def _drive(sched: Scheduler, seqs: list[Sequence], max_steps: int = 1000, log: l
 
 
 def test_queueing_beyond_max_num_seqs():
-    sched = Scheduler(SchedulerConfig(max_num_seqs=2, max_num_batched_tokens=100, max_model_len=64), BlockManager(64, 4))
+    sched = Scheduler(_limits(max_num_seqs=2, max_num_batched_tokens=100, max_model_len=64), BlockManager(64, 4))
     seqs = [_seq(f"r{i}", 3, 4) for i in range(5)]
     steps = _drive(sched, seqs)
     assert max(len(s.scheduled) for s in steps) == 2
@@ -56,7 +62,7 @@ def test_queueing_beyond_max_num_seqs():
 
 
 def test_token_budget_chunks_long_prompt_and_mixes_decodes():
-    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=5, max_model_len=64), BlockManager(64, 4))
+    sched = Scheduler(_limits(max_num_seqs=8, max_num_batched_tokens=5, max_model_len=64), BlockManager(64, 4))
     short, long = _seq("short", 2, 6), _seq("long", 13, 2)
     log: list = []
     steps = _drive(sched, [short, long], log=log)
@@ -82,7 +88,7 @@ def test_token_budget_chunks_long_prompt_and_mixes_decodes():
 
 def test_preemption_by_recompute_when_blocks_run_out():
     # 6 blocks of 4 tokens; three sequences that grow to 14 tokens each cannot all stay resident.
-    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=32), BlockManager(6, 4))
+    sched = Scheduler(_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=32), BlockManager(6, 4))
     seqs = [_seq(f"r{i}", 4, 10) for i in range(3)]
     steps = _drive(sched, seqs)
     preempted = [s for step in steps for s in step.preempted]
@@ -95,7 +101,7 @@ def test_preemption_by_recompute_when_blocks_run_out():
 
 
 def test_preempted_sequence_recomputes_prompt_and_outputs():
-    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=32), BlockManager(4, 4))
+    sched = Scheduler(_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=32), BlockManager(4, 4))
     a, b = _seq("a", 4, 8), _seq("b", 4, 8)
     steps = _drive(sched, [a, b])
     # After preemption b comes back with all its tokens (prompt + outputs so far) to recompute in one go.
@@ -109,11 +115,11 @@ def test_preempted_sequence_recomputes_prompt_and_outputs():
 
 
 def test_check_fits():
-    sched = Scheduler(SchedulerConfig(max_num_seqs=2, max_num_batched_tokens=8, max_model_len=16), BlockManager(8, 4))
+    sched = Scheduler(_limits(max_num_seqs=2, max_num_batched_tokens=8, max_model_len=16), BlockManager(8, 4))
     assert sched.check_fits(16) is None
     assert "max_model_len" in sched.check_fits(17)
 
 
 def test_config_validates():
     with pytest.raises(UsageError):
-        SchedulerConfig(max_num_seqs=0, max_num_batched_tokens=8, max_model_len=16)
+        _limits(max_num_seqs=0, max_num_batched_tokens=8, max_model_len=16)
