@@ -1,4 +1,5 @@
-"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite) with HF weights."""
+"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, Baichuan) with HF
+weights."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from llmctl.model_defs.base import CausalLM, head_dim_of, num_kv_heads_of
+from llmctl.model_defs.layers.alibi import bloom_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
@@ -28,6 +30,7 @@ class LlamaVariant:
     sliding_window: str = "none"  # "none" | "all" (Mistral: config.sliding_window) | "layer_types" (Qwen2/3)
     post_norms: bool = False  # OLMo 2: no pre-norms; each sublayer's output is normed before it joins the residual
     multipliers: bool = False  # Granite: embedding_, residual_, attention_multiplier and logits_scaling from config
+    alibi: bool = False  # Baichuan-13B / Baichuan2-13B: ALiBi biases (BLOOM's slopes) instead of a rope
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -60,7 +63,7 @@ class LlamaAttention(nn.Module):
             full = variant.qk_norm == "full"
             self.q_norm = RMSNorm(self.q_size if full else self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.kv_size if full else self.head_dim, eps=config.rms_norm_eps)
-        self.rotary_emb = get_rope_from_config(config, self.head_dim, is_neox_style=True)
+        self.rotary_emb = None if variant.alibi else get_rope_from_config(config, self.head_dim, is_neox_style=True)
         # Granite scales the scores by config.attention_multiplier instead of head_dim ** -0.5.
         scale = config.attention_multiplier if variant.multipliers else self.head_dim**-0.5
         self.attn = Attention(
@@ -70,6 +73,7 @@ class LlamaAttention(nn.Module):
             self.num_kv_heads,
             layer_idx,
             sliding_window=_sliding_window(config, layer_idx, variant),
+            alibi_slopes=bloom_alibi_slopes(self.num_heads) if variant.alibi else None,
         )
 
     def forward(self, positions: torch.Tensor, qkv: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:

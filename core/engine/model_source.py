@@ -88,6 +88,14 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
         config.model_type = d.get("model_type", "llama")
         return config
     raw = _checked_config(path)
+    if not trust_remote_code and _native_without_config_class(raw):
+        # Baichuan ships its config class as repo code, which runs only with trust_remote_code: for a native
+        # architecture a plain PretrainedConfig carries config.json's keys, all the model_def reads.
+        from transformers import PretrainedConfig
+
+        config = PretrainedConfig.from_dict(raw)
+        config.model_type = raw["model_type"]
+        return config
     from transformers import AutoConfig
 
     try:
@@ -95,6 +103,19 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
     except Exception as exc:  # transformers' own validation: ValueError, StrictDataclass errors, KeyError, ...
         _raise_unknown_type(raw, trust_remote_code)
         raise ModelReadError(f"cannot read the config of {path}: {_one_line(exc)}") from exc
+
+
+def _native_without_config_class(config: dict) -> bool:
+    """A config.json whose architecture llmctl runs natively but whose model_type transformers has no class for."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from llmctl.core import registry
+
+    archs, model_type = config.get("architectures"), config.get("model_type")
+    if not (isinstance(archs, list) and archs and isinstance(archs[0], str) and isinstance(model_type, str)):
+        return False
+    row = registry.lookup(archs[0])
+    return row is not None and row.status == "native" and model_type not in CONFIG_MAPPING_NAMES
 
 
 def _checked_config(path: Path) -> dict:

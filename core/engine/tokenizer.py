@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmctl.core.errors import ModelReadError, UsageError
+from llmctl.core.errors import ModelReadError, UnsupportedModelError, UsageError
 
 Conversation = list[dict[str, Any]]
 
@@ -30,10 +30,30 @@ def load_tokenizer(
     try:
         return AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        remote = None if trust_remote_code else _remote_tokenizer_class(path)
+        if remote is not None:  # Baichuan's BaichuanTokenizer: its model runs natively, its tokenizer is repo code
+            raise UnsupportedModelError(
+                f"the tokenizer of {path} is code in the model's repo ({remote}), run only with --trust-remote-code",
+                hint="pass --trust-remote-code (trust_remote_code=True) if you trust it, or skip_tokenizer_init=True "
+                "with token-id prompts",
+            ) from exc
         raise ModelReadError(
             f"cannot load a tokenizer from {path}: {exc}",
             hint="pass tokenizer=... or skip_tokenizer_init=True with token prompts",
         ) from exc
+
+
+def _remote_tokenizer_class(path: str | Path) -> str | None:
+    """The repo-code tokenizer class a local folder's tokenizer_config.json maps AutoTokenizer to, if any."""
+    import json
+
+    try:
+        auto_map = json.loads((Path(path) / "tokenizer_config.json").read_text()).get("auto_map") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    entry = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else None
+    names = [entry] if isinstance(entry, str) else [n for n in entry or [] if isinstance(n, str)]
+    return names[0] if names else None
 
 
 def eos_token_ids(tokenizer, *configs) -> set[int]:
