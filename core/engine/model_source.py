@@ -93,7 +93,7 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
         # architecture a plain PretrainedConfig carries config.json's keys, all the model_def reads.
         from transformers import PretrainedConfig
 
-        config = PretrainedConfig.from_dict(raw)
+        config = PretrainedConfig(**{k: v for k, v in raw.items() if k != "model_type"})
         config.model_type = raw["model_type"]
         return config
     from transformers import AutoConfig

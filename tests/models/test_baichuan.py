@@ -315,3 +315,81 @@ def test_a_checkpoint_without_w_pack_is_refused(cases, tmp_path):
     without = [(n, t) for n, t in state.items() if n != "model.layers.1.self_attn.W_pack.weight"]
     with pytest.raises(WeightLoadError, match="layers.1.self_attn"):
         load_weights(BaiChuanForCausalLM(config), without, torch.float32)
+
+
+# --- check and the tokenizer: native, no repo code ------------------------------------------------------------
+
+_HUB = {  # the hub configs' shapes (config.json carries auto_map to the repo's code in each)
+    "Baichuan-7B": ("BaiChuanForCausalLM", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                                num_attention_heads=32, vocab_size=64000,
+                                                max_position_embeddings=4096), "rope"),
+    "Baichuan-13B": ("BaichuanForCausalLM", dict(hidden_size=5120, intermediate_size=13696, num_hidden_layers=40,
+                                                 num_attention_heads=40, vocab_size=64000, model_max_length=4096),
+                     "alibi"),
+    "Baichuan2-7B": ("BaichuanForCausalLM", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                                 num_attention_heads=32, vocab_size=BAICHUAN2_VOCAB,
+                                                 max_position_embeddings=4096, model_max_length=4096), "rope"),
+    "Baichuan2-13B": ("BaichuanForCausalLM", dict(hidden_size=5120, intermediate_size=13696, num_hidden_layers=40,
+                                                  num_attention_heads=40, vocab_size=BAICHUAN2_VOCAB,
+                                                  model_max_length=4096), "alibi"),
+}  # fmt: skip
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from llmctl.cli.app import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("name", list(_HUB))
+def test_check_says_native_without_trust_remote_code(tmp_path, name):
+    architecture, shape, position = _HUB[name]
+    config = {"architectures": [architecture], "auto_map": _REMOTE, "model_type": "baichuan", "hidden_act": "silu",
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "torch_dtype": "bfloat16", **shape}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = _cli("check", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["implementation"] == "native" and data["needs_trust_remote_code"] is False
+    assert data["verification"] == "strict" and data["supported"] is True
+    arch = json.loads(_cli("inspect-arch", str(tmp_path), "--json").stdout)
+    assert arch["position_embedding"] == position and arch["context_length"] == 4096
+    h, i, n, v = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    # W_pack, o_proj, gate/up/down and two norms per layer; the final norm; embedding and untied head
+    assert arch["num_parameters"] == n * (4 * h * h + 3 * h * i + 2 * h) + h + 2 * v * h
+    assert arch["param_count_source"] == "config"
+
+
+@pytest.mark.parametrize("name", STRICT)
+def test_parameter_count_from_config_is_the_models(cases, name):
+    from llmctl.core.param_count import count
+    from llmctl.core.spec import spec_from_config
+
+    ours, _ = cases(name).ours()
+    config = json.loads((cases(name).path / "config.json").read_text())
+    assert count(spec_from_config(config)).total == sum(p.numel() for p in ours.parameters())
+
+
+def test_repo_code_tokenizer_needs_the_flag_token_prompts_do_not(cases, tmp_path):
+    """Baichuan's tokenizer is repo code (BaichuanTokenizer): without --trust-remote-code loading it is refused in
+    one line naming the flag, while token-id prompts with skip_tokenizer_init run (the test above)."""
+    import shutil
+
+    from llmctl import LLM
+    from llmctl.core.errors import UnsupportedModelError
+
+    folder = tmp_path / "with-tokenizer"
+    shutil.copytree(cases("baichuan_7b").path, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "auto_map": {"AutoTokenizer": ["tokenization_baichuan.BaichuanTokenizer", None]},
+        "tokenizer_class": "BaichuanTokenizer", "add_bos_token": False, "eos_token": "</s>"}))  # fmt: skip
+    (folder / "tokenization_baichuan.py").write_text("raise SystemExit('repo code ran')\n")
+    with pytest.raises(UnsupportedModelError, match="tokenization_baichuan.BaichuanTokenizer") as info:
+        LLM(str(folder), dtype="float32", device="cpu", max_model_len=64)
+    assert "--trust-remote-code" in str(info.value) + (info.value.hint or "")
+    result = _cli("generate", "--model", str(folder), "--prompt", "hi", "--device", "cpu", "--max-model-len", "64")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "--trust-remote-code" in result.stderr and "BaichuanTokenizer" in lines[0], result.stderr
