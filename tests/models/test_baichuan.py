@@ -1,7 +1,7 @@
 """Baichuan / Baichuan2, native without the repos' remote code: what is held to what.
 
 transformers has no Baichuan class, so:
-- the rope variant (Baichuan-7B, Baichuan2-7B) is Llama with q|k|v fused into W_pack and multi-head attention:
+- the rope variant (Baichuan-7B, Baichuan2-7B: BaichuanForCausalLM at hidden size 4096 too) is Llama with q|k|v fused into W_pack and multi-head attention:
   a tiny LlamaForCausalLM checkpoint rewritten into Baichuan's layout is held to transformers' Llama on the
   original (prefill with and without the paged cache, chunked prefill, greedy decode, LLM.generate);
 - Baichuan2's NormHead (each lm_head row L2-normalised) is held to transformers' Llama whose lm_head rows were
@@ -166,6 +166,14 @@ def _llama_case(tmp: Path, seed: int, vocab: int) -> _Case:
     return _Case(tmp, lambda p: harness.hf_logits(llama, p), lambda p: harness.hf_greedy(llama, p))
 
 
+def _baichuan2_7b_case(tmp: Path) -> _Case:
+    """BaichuanForCausalLM at Baichuan2-7B's hidden size (4096, 32 heads of 128; one layer, a small vocabulary):
+    the architecture string Baichuan-13B shares, on the rope side of the rule, held to transformers' Llama."""
+    llama = _llama(4096, 320, hidden=4096, heads=32, layers=1)
+    _as_baichuan(llama, tmp, "BaichuanForCausalLM", {"max_position_embeddings": 256, "model_max_length": 256})
+    return _Case(tmp, lambda p: harness.hf_logits(llama, p), lambda p: harness.hf_greedy(llama, p))
+
+
 def _alibi_case(tmp: Path, seed: int, vocab: int, heads: int) -> _Case:
     """Baichuan-13B / Baichuan2-13B (BaichuanForCausalLM at a hidden size other than 4096: ALiBi) against the
     torch reference; config.json as the 13B hub files write it (model_max_length, no max_position_embeddings)."""
@@ -183,6 +191,7 @@ _BUILDERS = {
     "baichuan2_13b": lambda tmp: _alibi_case(tmp, 14, BAICHUAN2_VOCAB, heads=4),
 }
 STRICT = list(_BUILDERS)
+_BUILDERS["baichuan2_7b_shape"] = _baichuan2_7b_case  # 70M parameters: prefill checks only
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +206,7 @@ def cases(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", STRICT)
+@pytest.mark.parametrize("name", [*STRICT, "baichuan2_7b_shape"])
 @pytest.mark.parametrize("use_cache", [True, False], ids=["paged", "no-cache"])
 def test_prefill_logits_match_reference(cases, name, use_cache):
     case = cases(name)
