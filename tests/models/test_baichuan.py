@@ -1,9 +1,9 @@
 """Baichuan / Baichuan2, native without the repos' remote code: what is held to what.
 
 transformers has no Baichuan class, so:
-- the rope variant (Baichuan-7B, Baichuan2-7B: BaichuanForCausalLM at hidden size 4096 too) is Llama with q|k|v fused into W_pack and multi-head attention:
-  a tiny LlamaForCausalLM checkpoint rewritten into Baichuan's layout is held to transformers' Llama on the
-  original (prefill with and without the paged cache, chunked prefill, greedy decode, LLM.generate);
+- the rope variant (Baichuan-7B; Baichuan2-7B, BaichuanForCausalLM at hidden size 4096) is Llama with q|k|v
+  fused into W_pack and multi-head attention: a tiny LlamaForCausalLM checkpoint rewritten into Baichuan's
+  layout is held to transformers' Llama on the original (prefill with and without the paged cache, chunked prefill, greedy decode, LLM.generate);
 - Baichuan2's NormHead (each lm_head row L2-normalised) is held to transformers' Llama whose lm_head rows were
   normalised, the function NormHead computes;
 - the ALiBi variant (Baichuan-13B, Baichuan2-13B) is held to an independent plain-torch reference written here
@@ -119,7 +119,8 @@ def _alibi_reference_logits(state: dict, config: dict, ids: list[int]) -> torch.
         attn = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(t, hidden)
         x = x + attn @ w["self_attn.o_proj.weight"].T
         h = _rms(x, w["post_attention_layernorm.weight"], eps)
-        x = x + (F.silu(h @ w["mlp.gate_proj.weight"].T) * (h @ w["mlp.up_proj.weight"].T)) @ w["mlp.down_proj.weight"].T
+        gated = F.silu(h @ w["mlp.gate_proj.weight"].T) * (h @ w["mlp.up_proj.weight"].T)  # (T, I)
+        x = x + gated @ w["mlp.down_proj.weight"].T
     head = state["lm_head.weight"]
     if config["vocab_size"] == BAICHUAN2_VOCAB:  # Baichuan2's NormHead
         head = F.normalize(head, dim=-1)
