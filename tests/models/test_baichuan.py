@@ -3,7 +3,8 @@
 transformers has no Baichuan class, so:
 - the rope variant (Baichuan-7B; Baichuan2-7B, BaichuanForCausalLM at hidden size 4096) is Llama with q|k|v
   fused into W_pack and multi-head attention: a tiny LlamaForCausalLM checkpoint rewritten into Baichuan's
-  layout is held to transformers' Llama on the original (prefill with and without the paged cache, chunked prefill, greedy decode, LLM.generate);
+  layout is held to transformers' Llama on the original (prefill with and without the paged cache, chunked
+  prefill, greedy decode, LLM.generate);
 - Baichuan2's NormHead (each lm_head row L2-normalised) is held to transformers' Llama whose lm_head rows were
   normalised, the function NormHead computes;
 - the ALiBi variant (Baichuan-13B, Baichuan2-13B) is held to an independent plain-torch reference written here
@@ -323,8 +324,12 @@ def test_a_checkpoint_without_w_pack_is_refused(cases, tmp_path):
     _, config = cases("baichuan_7b").ours()
     state = load_file(str(path / "model.safetensors"))
     without = [(n, t) for n, t in state.items() if n != "model.layers.1.self_attn.W_pack.weight"]
-    with pytest.raises(WeightLoadError, match="layers.1.self_attn"):
+    # named as the checkpoint stores it (once), not as the fused parameter's three shards
+    with pytest.raises(WeightLoadError, match=r"lacks 1 tensor\(s\) the model needs: model.layers.1.self_attn.W_pack"):
         load_weights(BaiChuanForCausalLM(config), without, torch.float32)
+    short = [(n, t[:10] if n == "model.layers.1.self_attn.W_pack.weight" else t) for n, t in state.items()]
+    with pytest.raises(WeightLoadError, match=r"W_pack.weight' has shape \(10, 64\) but the model expects \(192, 64\)"):
+        load_weights(BaiChuanForCausalLM(config), short, torch.float32)
 
 
 # --- check and the tokenizer: native, no repo code ------------------------------------------------------------
