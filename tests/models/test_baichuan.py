@@ -378,13 +378,18 @@ def test_check_says_native_without_trust_remote_code(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", STRICT)
-def test_parameter_count_from_config_is_the_models(cases, name):
+def test_check_reads_what_the_model_builds(cases, name):
+    """check's exact parameter count, KV-cache layout and position encoding, from config.json alone, are the
+    built model's."""
     from llmctl.core.param_count import count
     from llmctl.core.spec import spec_from_config
 
     ours, _ = cases(name).ours()
-    config = json.loads((cases(name).path / "config.json").read_text())
-    assert count(spec_from_config(config)).total == sum(p.numel() for p in ours.parameters())
+    spec = spec_from_config(json.loads((cases(name).path / "config.json").read_text()))
+    assert count(spec).total == sum(p.numel() for p in ours.parameters())
+    assert ours.kv_cache_shape() == (spec.num_layers, spec.num_kv_heads, spec.head_dim)
+    alibi = ours.model.layers[0].self_attn.attn.alibi_slopes is not None
+    assert spec.position_embedding == ("alibi" if alibi else "rope")
 
 
 def test_repo_code_tokenizer_needs_the_flag_token_prompts_do_not(cases, tmp_path):
