@@ -277,13 +277,24 @@ def _rope_parameters(cfg: dict) -> dict:
     return merged
 
 
+# Baichuan's configs carry no key for the position encoding (each size ships its own modeling file). vLLM's rule
+# (model_executor/models/baichuan.py): BaichuanForCausalLM with hidden_size 4096 is Baichuan2-7B (rope), any other
+# is Baichuan-13B / Baichuan2-13B (ALiBi); BaiChuanForCausalLM (capital C) is Baichuan-7B, always rope.
+BAICHUAN2_7B_HIDDEN_SIZE = 4096
+
+
+def baichuan_uses_alibi(architecture: str, hidden_size: int | None) -> bool:
+    """Whether a Baichuan checkpoint biases attention with ALiBi (13B) instead of rotating q/k (7B)."""
+    return architecture == "BaichuanForCausalLM" and hidden_size != BAICHUAN2_7B_HIDDEN_SIZE
+
+
 def read_rope(cfg: dict, family: str, head_dim: int | None) -> tuple[str, str | None, float | None, dict | None, float]:
     """(position embedding kind, rope_type, rope_theta, rope_scaling, partial_rotary_factor)."""
     if family == "t5":
         return "relative", None, None, None, 1.0
     if family in ("bloom",) or cfg.get("alibi") or (cfg.get("attn_config") or {}).get("alibi"):
         return "alibi", None, None, None, 1.0
-    if family == "baichuan" and cfg.get("hidden_size") == 5120:  # Baichuan-13B uses ALiBi, the 7B rope
+    if family == "baichuan" and baichuan_uses_alibi((cfg.get("architectures") or [""])[0], cfg.get("hidden_size")):
         return "alibi", None, None, None, 1.0
     if family in _LEARNED_POSITIONS or family == "mpt":
         return "learned", None, None, None, 1.0

@@ -85,6 +85,9 @@ _NATIVE_ROWS: tuple[ArchInfo, ...] = (
     _native("Phi3ForCausalLM", "phi3", "phi3", "strict"),
     _native("Starcoder2ForCausalLM", "starcoder2", "starcoder2", "strict"),
     _native("QWenLMHeadModel", "qwen", "qwen", "strict"),  # Qwen v1: its repo's code is not needed
+    # Baichuan ships remote code; its checkpoints run natively (Llama's decoder with W_pack, ALiBi at 13B)
+    _native("BaiChuanForCausalLM", "baichuan", "baichuan", "strict"),  # Baichuan-7B
+    _native("BaichuanForCausalLM", "baichuan", "baichuan", "strict"),  # Baichuan-13B, Baichuan2-7B / 13B
     # Embedding models
     _native("BertModel", "bert", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),
     _native("XLMRobertaModel", "xlm_roberta", "bert", "strict", tasks=(EMBED,), kind="encoder-only"),

@@ -19,8 +19,6 @@ AriaForConditionalGeneration                 aria                generate       
 AudioFlamingo3ForConditionalGeneration       audioflamingo3      generate        multimodal
 AyaVisionForConditionalGeneration            aya_vision          generate        multimodal
 BagelForConditionalGeneration                bagel               generate        multimodal
-BaiChuanForCausalLM                          baichuan            generate        decoder-only
-BaichuanForCausalLM                          baichuan            generate        decoder-only     remote
 BailingMoeForCausalLM                        bailing_moe         generate        moe
 BailingMoeV2ForCausalLM                      bailing_moe         generate        moe
 BambaForCausalLM                             bamba               generate        hybrid

@@ -1,4 +1,5 @@
-"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM)."""
+"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM,
+Baichuan)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from llmctl.model_defs.base import CausalLM, head_dim_of, num_kv_heads_of
+from llmctl.model_defs.layers.alibi import bloom_alibi_slopes
 from llmctl.model_defs.layers.attention import Attention
 from llmctl.model_defs.layers.context import ForwardContext
 from llmctl.model_defs.layers.embedding import VocabEmbedding
@@ -31,6 +33,7 @@ class LlamaVariant:
     multipliers: bool = False  # Granite: embedding_, residual_, attention_multiplier and logits_scaling from config
     bias_key: str = "attention_bias"  # the config key of the q/k/v/o bias flag: InternLM / InternLM2 call it "bias"
     kv_grouped_qkv: bool = False  # InternLM2's wqkv: per kv group its q heads, then k, then v (not q|k|v)
+    alibi: bool = False  # Baichuan-13B / Baichuan2-13B: ALiBi biases (BLOOM's slopes) instead of a rope
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -64,7 +67,7 @@ class LlamaAttention(nn.Module):
             full = variant.qk_norm == "full"
             self.q_norm = RMSNorm(self.q_size if full else self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.kv_size if full else self.head_dim, eps=config.rms_norm_eps)
-        self.rotary_emb = get_rope_from_config(config, self.head_dim, is_neox_style=True)
+        self.rotary_emb = None if variant.alibi else get_rope_from_config(config, self.head_dim, is_neox_style=True)
         # Granite scales the scores by config.attention_multiplier instead of head_dim ** -0.5.
         scale = config.attention_multiplier if variant.multipliers else self.head_dim**-0.5
         self.attn = Attention(
@@ -74,6 +77,7 @@ class LlamaAttention(nn.Module):
             self.num_kv_heads,
             layer_idx,
             sliding_window=_sliding_window(config, layer_idx, variant),
+            alibi_slopes=bloom_alibi_slopes(self.num_heads) if variant.alibi else None,
         )
 
     def forward(self, positions: torch.Tensor, qkv: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:

@@ -78,6 +78,10 @@ class WeightsMapper:
         """The checkpoint name that fills shard `shard_id` of parameter `name` (for messages: the inverse of target)."""
         if shard_id is None:
             return name
+        module = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else name
+        for old, new in self.renamed_suffixes.items():
+            if name.endswith(new) and f".{module}." in new:  # the fused module is stored whole, renamed (W_pack)
+                return name[: -len(new)] + old
         for ckpt_part, (param_part, shard) in self.packed.items():
             if shard == shard_id and f".{param_part}." in name:
                 return name.replace(f".{param_part}.", f".{ckpt_part}.", 1)

@@ -129,7 +129,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
         for shard_id in expected - filled.get(name, set()):
             missing.append(mapper.checkpoint_name(name, shard_id))
     if missing:
-        missing.sort()
+        missing = sorted(set(missing))  # a fused tensor stored whole is named once, not once per shard
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise WeightLoadError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs: {shown}")
     return set(filled)

@@ -201,8 +201,8 @@ def test_model_impl_choice():
         implementation_for("NoSuchModelForCausalLM", model_type="nosuch")
     assert "native today" in (info.value.hint or "")
     with pytest.raises(UnsupportedModelError):
-        implementation_for("BaichuanForCausalLM", model_type="baichuan", remote_code=True)
-    assert implementation_for("BaichuanForCausalLM", remote_code=True, trust_remote_code=True) == "transformers"
+        implementation_for("DeepseekForCausalLM", model_type="deepseek", remote_code=True)
+    assert implementation_for("DeepseekForCausalLM", remote_code=True, trust_remote_code=True) == "transformers"
     with pytest.raises(UnsupportedModelError):
         implementation_for("LlamaForCausalLM", "bogus")
 
@@ -240,9 +240,9 @@ def test_check_reports_transformers_backend(tmp_path):
 
 
 def test_check_remote_code_needs_trust(tmp_path):
-    cfg = {**TINY, "architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
-           "auto_map": {"AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}}  # fmt: skip
-    folder = _config_only(tmp_path, "bc", cfg)
+    cfg = {**TINY, "architectures": ["DeepseekForCausalLM"], "model_type": "deepseek",
+           "auto_map": {"AutoModelForCausalLM": "modeling_deepseek.DeepseekForCausalLM"}}  # fmt: skip
+    folder = _config_only(tmp_path, "ds", cfg)
     code, data = _check_json(folder)
     assert code == 1 and data["needs_trust_remote_code"] is True and data["implementation"] == "none"
     code, data = _check_json(folder, "--trust-remote-code")
