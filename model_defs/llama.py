@@ -1,4 +1,4 @@
-"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM)."""
+"""Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM, GLM)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class LlamaVariant:
     multipliers: bool = False  # Granite: embedding_, residual_, attention_multiplier and logits_scaling from config
     bias_key: str = "attention_bias"  # the config key of the q/k/v/o bias flag: InternLM / InternLM2 call it "bias"
     kv_grouped_qkv: bool = False  # InternLM2's wqkv: per kv group its q heads, then k, then v (not q|k|v)
+    rope_interleaved: bool = False  # GLM / ChatGLM rotate (even, odd) pairs (GPT-J style), not the two halves
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -64,7 +65,7 @@ class LlamaAttention(nn.Module):
             full = variant.qk_norm == "full"
             self.q_norm = RMSNorm(self.q_size if full else self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.kv_size if full else self.head_dim, eps=config.rms_norm_eps)
-        self.rotary_emb = get_rope_from_config(config, self.head_dim, is_neox_style=True)
+        self.rotary_emb = get_rope_from_config(config, self.head_dim, is_neox_style=not variant.rope_interleaved)
         # Granite scales the scores by config.attention_multiplier instead of head_dim ** -0.5.
         scale = config.attention_multiplier if variant.multipliers else self.head_dim**-0.5
         self.attn = Attention(
