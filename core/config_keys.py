@@ -121,6 +121,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 DEFAULTS["xlm-roberta"] = {**DEFAULTS["bert"], "max_position_embeddings": 514, "type_vocab_size": 1}
 DEFAULTS["roberta"] = DEFAULTS["xlm-roberta"]
 DEFAULTS["yi"] = DEFAULTS["llama"]
+DEFAULTS["glm4"] = DEFAULTS["glm"]  # Glm4Config's defaults are GlmConfig's
 
 # model_type (or trust_remote_code spelling) -> family name used across llmctl
 _FAMILY_ALIASES = {
@@ -148,7 +149,7 @@ INFERABLE_ARCHITECTURES = {
 
 _RMS_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
                  "gemma3_text", "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "baichuan", "internlm", "internlm2", "t5",
-                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v", "olmo2", "granite", "qwen", "glm", "chatglm"}
+                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v", "olmo2", "granite", "qwen", "glm", "glm4", "chatglm"}
 _LEARNED_POSITIONS = {"gpt2", "opt", "bert", "xlm-roberta", "roberta", "bart", "mpnet", "distilbert", "electra"}
 
 
@@ -305,7 +306,7 @@ def read_rope(cfg: dict, family: str, head_dim: int | None) -> tuple[str, str | 
     partial = first(params, "partial_rotary_factor") or first(cfg, "partial_rotary_factor", "rotary_pct")
     if partial is None and isinstance(cfg.get("rotary_dim"), int) and head_dim:  # gpt-j
         partial = cfg["rotary_dim"] / head_dim
-    if partial is None and family in ("chatglm", "glm"):
+    if partial is None and family in ("chatglm", "glm", "glm4"):
         partial = 0.5  # ChatGLM and GlmConfig rotate half of each head
     rope_type = str(params.get("rope_type") or "default")
     scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}

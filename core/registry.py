@@ -71,6 +71,7 @@ _NATIVE_ROWS: tuple[ArchInfo, ...] = (
     _native("InternLM2ForCausalLM", "internlm2", "internlm", "strict"),
     # GLM: the Llama decoder with interleaved half-head rope; ChatGLM2/3 and GLM-4 repos are it under other names
     _native("GlmForCausalLM", "glm", "glm", "strict"),
+    _native("Glm4ForCausalLM", "glm4", "glm", "strict"),  # GLM with sandwich norms
     _native("ChatGLMModel", "chatglm", "glm", "strict"),
     _native("ChatGLMForConditionalGeneration", "chatglm", "glm", "strict"),
     # Dense decoders
@@ -125,7 +126,7 @@ def _registry() -> dict[str, ArchInfo]:
 TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
     "AfmoeForCausalLM", "ApertusForCausalLM", "ArceeForCausalLM", "Cohere2ForCausalLM", "CohereForCausalLM",
     "CwmForCausalLM", "DbrxForCausalLM", "Dots1ForCausalLM", "Ernie4_5ForCausalLM", "Ernie4_5_MoeForCausalLM",
-    "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM", "Glm4ForCausalLM",
+    "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM",
     "Glm4MoeForCausalLM", "GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM",
     "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM", "MiniCPM3ForCausalLM",
     "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo3ForCausalLM", "OlmoForCausalLM",

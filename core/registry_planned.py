@@ -62,7 +62,6 @@ Gemma3ForConditionalGeneration               gemma3              generate       
 Gemma3nForCausalLM                           gemma3n_text        generate        decoder-only
 Gemma3nForConditionalGeneration              gemma3n             generate        multimodal
 Gemma3TextModel                              gemma3_text         embed           decoder-only
-Glm4ForCausalLM                              glm4                generate        decoder-only
 Glm4MoeForCausalLM                           glm4_moe            generate        moe
 GLM4VForCausalLM                             chatglm             generate        multimodal
 Glm4vForConditionalGeneration                glm4v               generate        multimodal

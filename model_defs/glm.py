@@ -1,4 +1,4 @@
-"""Inference-only GLM (transformers' GlmForCausalLM) and ChatGLM2 / ChatGLM3 / GLM-4 (remote-code hub repos)."""
+"""Inference-only GLM / GLM-4 (transformers' Glm, Glm4) and ChatGLM2 / ChatGLM3 / GLM-4 (remote-code hub repos)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from llmctl.core.errors import UnsupportedModelError
 from llmctl.model_defs.llama import LlamaForCausalLM, LlamaVariant
 from llmctl.model_defs.weights_mapper import QKV_PACKED, WeightsMapper
 
-__all__ = ["ChatGLMForConditionalGeneration", "ChatGLMModel", "GlmForCausalLM"]
+__all__ = ["ChatGLMForConditionalGeneration", "ChatGLMModel", "Glm4ForCausalLM", "GlmForCausalLM"]
 
 # Both rotate the first half of each head (partial_rotary_factor 0.5) in (even, odd) pairs; q/k/v carry a bias
 # when config says so, the output projection never does.
@@ -21,6 +21,13 @@ class GlmForCausalLM(LlamaForCausalLM):
 
     variant = _GLM
     weights_mapper = WeightsMapper(packed=QKV_PACKED)
+
+
+class Glm4ForCausalLM(GlmForCausalLM):
+    """THUDM/GLM-4-9B-0414, GLM-4-32B-0414: GLM with post_self_attn_layernorm / post_mlp_layernorm on each
+    sublayer's output before it joins the residual stream."""
+
+    variant = LlamaVariant(o_bias=False, rope_interleaved=True, sandwich_norms=True)
 
 
 # The remote ChatGLMConfig's defaults (configuration_chatglm.py), for config.json files that leave a key out.

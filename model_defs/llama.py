@@ -32,6 +32,7 @@ class LlamaVariant:
     bias_key: str = "attention_bias"  # the config key of the q/k/v/o bias flag: InternLM / InternLM2 call it "bias"
     kv_grouped_qkv: bool = False  # InternLM2's wqkv: per kv group its q heads, then k, then v (not q|k|v)
     rope_interleaved: bool = False  # GLM / ChatGLM rotate (even, odd) pairs (GPT-J style), not the two halves
+    sandwich_norms: bool = False  # GLM-4 (Glm4): each sublayer's output is normed too, before the residual add
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -108,6 +109,10 @@ class LlamaDecoderLayer(nn.Module):
             self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.residual_multiplier = config.residual_multiplier if variant.multipliers else None
+        self.sandwich_norms = variant.sandwich_norms
+        if variant.sandwich_norms:
+            self.post_self_attn_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.post_mlp_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(
         self,
@@ -123,10 +128,14 @@ class LlamaDecoderLayer(nn.Module):
         hidden_states = self.self_attn(positions, qkv, ctx)
         if self.residual_multiplier is not None:  # Granite: residual + sublayer * residual_multiplier
             hidden_states = hidden_states * self.residual_multiplier
+        if self.sandwich_norms:
+            hidden_states = self.post_self_attn_layernorm(hidden_states)
         gate_up, residual = norm_then_linear(
             self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual
         )
         hidden_states = self.mlp.down(gate_up)
+        if self.sandwich_norms:  # joins the residual inside the next layer's (or the final) norm
+            hidden_states = self.post_mlp_layernorm(hidden_states)
         if self.residual_multiplier is not None:
             hidden_states = hidden_states * self.residual_multiplier
         return hidden_states, residual

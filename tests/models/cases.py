@@ -226,6 +226,9 @@ GLM = {
     # No bias, 8 heads over 2 kv heads, config.json without partial_rotary_factor (GlmConfig's 0.5 applies).
     "glm_nobias": Case("GlmConfig", dict(_LLAMA, num_attention_heads=8, head_dim=16, attention_bias=False,
                                          tie_word_embeddings=False), dict(rope_theta=500000.0), _ROPE),
+    # GLM-4-9B-0414 style (Glm4): GLM plus post_self_attn_layernorm / post_mlp_layernorm; tied head here.
+    "glm4": Case("Glm4Config", dict(_LLAMA, head_dim=32, attention_bias=True, tie_word_embeddings=True),
+                 dict(rope_theta=10000.0, partial_rotary_factor=0.5), _ROPE),
     # glm-4-9b style ChatGLMModel: query_key_value over 2 kv groups with add_qkv_bias, rope_ratio 50 (base 500000),
     # kv_channels 16, output_layer, the saved rotary_pos_emb.inv_freq buffer.
     "chatglm": Case("GlmConfig", dict(_LLAMA, head_dim=16, attention_bias=True, tie_word_embeddings=False),

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from llmctl.core.errors import UnsupportedModelError
 
-GLM_CASES = ["glm", "glm_nobias", "chatglm", "chatglm_mqa"]
+GLM_CASES = ["glm", "glm_nobias", "glm4", "chatglm", "chatglm_mqa"]
 
 
 def test_rope_is_interleaved_over_half_of_each_head(bench):
@@ -21,6 +21,15 @@ def test_rope_is_interleaved_over_half_of_each_head(bench):
     assert (attn.rotary_emb.rotary_dim, attn.rotary_emb.head_size, attn.rotary_emb.is_neox_style) == (16, 32, False)
     assert attn.o_proj.bias is None and attn.qkv_proj.bias is not None
     assert bench.kv_cache_shape("glm") == (2, 2, 32)
+    assert not hasattr(ours.model.layers[0], "post_mlp_layernorm")
+
+
+def test_glm4_norms_each_sublayer_output(bench):
+    _, ours, _ = bench.pair("glm4")
+    layer = ours.model.layers[1]
+    assert layer.post_self_attn_layernorm.weight.shape == layer.post_mlp_layernorm.weight.shape == (64,)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    assert layer.self_attn.rotary_emb.is_neox_style is False and layer.self_attn.rotary_emb.rotary_dim == 16
 
 
 def test_chatglm_tensors_are_loaded_from_the_remote_names(bench):
@@ -80,6 +89,24 @@ GLM4_REMOTE = {
     "num_attention_heads": 32, "num_layers": 40, "padded_vocab_size": 151552, "post_layer_norm": True,
     "rmsnorm": True, "rope_ratio": 500, "seq_length": 131072, "original_rope": True,
 }  # fmt: skip
+
+
+GLM4_0414 = {**GLM4_HF, "architectures": ["Glm4ForCausalLM"], "model_type": "glm4", "num_hidden_layers": 40,
+             "intermediate_size": 13696, "rms_norm_eps": 1e-05, "max_position_embeddings": 32768}
+
+
+def test_glm4_0414_hub_config_counts_as_transformers_builds_it():
+    import transformers
+
+    from llmctl.core.estimate import count_parameters
+    from llmctl.core.spec import spec_from_config
+    from llmctl.model_defs.glm import Glm4ForCausalLM
+
+    config = transformers.Glm4Config(**{k: v for k, v in GLM4_0414.items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        reference = sum(p.numel() for p in transformers.Glm4ForCausalLM(config).parameters())
+        ours = sum(p.numel() for p in Glm4ForCausalLM(config).parameters())
+    assert reference == ours == count_parameters(spec_from_config(GLM4_0414))
 
 
 def test_glm4_hub_configs_count_as_the_models_built():
