@@ -145,3 +145,30 @@ def test_chatglm_config_defaults_are_the_remote_configs():
         65024, 28, 128, 13696)
     assert config.num_key_value_heads == 32 and config.rope_parameters["rope_theta"] == 10000.0
     assert config.attention_bias is False and config.max_position_embeddings == 2048
+
+
+def test_chatglm_tokenizer_of_repo_code_needs_the_flag_and_token_ids_run_without_it(bench, tmp_path):
+    """chatglm3-6b's tokenizer is ChatGLMTokenizer from the repo (its [gMASK] / sop prefix is code, not a file)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from llmctl import LLM, SamplingParams
+    from llmctl.cli.app import app
+
+    path = tmp_path / "chatglm3"
+    shutil.copytree(bench.checkpoint("chatglm"), path)
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "ChatGLMTokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
+    }))  # fmt: skip
+    kw = dict(dtype="float32", device="cpu", max_model_len=32, num_kv_blocks=16, block_size=4)
+    with pytest.raises(UnsupportedModelError, match="defined by code in the model's repo") as err:
+        LLM(str(path), **kw)
+    assert "--trust-remote-code" in err.value.hint
+    result = CliRunner().invoke(app, ["generate", "-m", str(path), "-p", "hello", "--device", "cpu"])
+    assert result.exit_code == UnsupportedModelError.exit_code
+    assert "--trust-remote-code" in result.stderr and "Traceback" not in result.stderr
+    llm = LLM(str(path), skip_tokenizer_init=True, **kw)
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    assert len(llm.generate([{"prompt_token_ids": [5, 6, 7]}], params)[0].outputs[0].token_ids) == 3
