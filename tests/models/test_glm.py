@@ -172,3 +172,14 @@ def test_chatglm_tokenizer_of_repo_code_needs_the_flag_and_token_ids_run_without
     llm = LLM(str(path), skip_tokenizer_init=True, **kw)
     params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
     assert len(llm.generate([{"prompt_token_ids": [5, 6, 7]}], params)[0].outputs[0].token_ids) == 3
+
+
+def test_chatglm_seq_length_is_the_position_limit(bench):
+    """ChatGLM's config has no max_position_embeddings: seq_length bounds max_model_len, as `check` reads it."""
+    from llmctl import LLM
+    from llmctl.core.errors import UsageError
+
+    kw = dict(dtype="float32", device="cpu", num_kv_blocks=64, block_size=4, skip_tokenizer_init=True)
+    with pytest.raises(UsageError, match="256"):
+        LLM(str(bench.checkpoint("chatglm")), max_model_len=512, **kw)
+    assert LLM(str(bench.checkpoint("chatglm")), **kw).max_model_len == 256  # the default, not 2048
