@@ -99,6 +99,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                     kv_channels=128, ffn_hidden_size=13696, seq_length=2048, add_qkv_bias=False,
                     add_bias_linear=False, rmsnorm=True, post_layer_norm=True, tie_word_embeddings=False,
                     activation="swiglu"),
+    # GlmConfig's (glm-4-9b sizes); partial_rotary_factor 0.5 is also read_rope's default for the family
+    "glm": dict(vocab_size=151552, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40,
+                num_attention_heads=32, num_key_value_heads=2, head_dim=128, hidden_act="silu",
+                max_position_embeddings=131072, rms_norm_eps=1.5625e-07, tie_word_embeddings=False,
+                rope_theta=10000.0, attention_bias=True),
     # The remote QWenConfig's defaults (Qwen/Qwen-7B configuration_qwen.py); seq_length has none there.
     "qwen": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                  layer_norm_epsilon=1e-6, max_position_embeddings=8192, kv_channels=128, rotary_pct=1.0,
@@ -116,6 +121,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 DEFAULTS["xlm-roberta"] = {**DEFAULTS["bert"], "max_position_embeddings": 514, "type_vocab_size": 1}
 DEFAULTS["roberta"] = DEFAULTS["xlm-roberta"]
 DEFAULTS["yi"] = DEFAULTS["llama"]
+DEFAULTS["glm4"] = DEFAULTS["glm"]  # Glm4Config's defaults are GlmConfig's
 
 # model_type (or trust_remote_code spelling) -> family name used across llmctl
 _FAMILY_ALIASES = {
@@ -143,7 +149,7 @@ INFERABLE_ARCHITECTURES = {
 
 _RMS_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
                  "gemma3_text", "deepseek", "deepseek_v2", "deepseek_v3", "phi3", "baichuan", "internlm", "internlm2", "t5",
-                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v", "olmo2", "granite", "qwen"}
+                 "yi", "llava", "qwen2_vl", "internvl", "phi3_v", "olmo2", "granite", "qwen", "glm", "glm4", "chatglm"}
 _LEARNED_POSITIONS = {"gpt2", "opt", "bert", "xlm-roberta", "roberta", "bart", "mpnet", "distilbert", "electra"}
 
 
@@ -311,8 +317,8 @@ def read_rope(cfg: dict, family: str, head_dim: int | None) -> tuple[str, str | 
     partial = first(params, "partial_rotary_factor") or first(cfg, "partial_rotary_factor", "rotary_pct")
     if partial is None and isinstance(cfg.get("rotary_dim"), int) and head_dim:  # gpt-j
         partial = cfg["rotary_dim"] / head_dim
-    if partial is None and family == "chatglm":
-        partial = 0.5  # ChatGLM rotates half of each head
+    if partial is None and family in ("chatglm", "glm", "glm4"):
+        partial = 0.5  # ChatGLM and GlmConfig rotate half of each head
     rope_type = str(params.get("rope_type") or "default")
     scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
     if rope_type == "default" and set(scaling) <= {"rope_type"}:

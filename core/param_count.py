@@ -109,6 +109,8 @@ def _layout(spec: ModelSpec) -> _Layout:
         return _Layout(qkv_bias=bool(c.get("bias", True)), o_bias=bool(c.get("bias", True)))
     if fam == "internlm2":
         return _Layout(qkv_bias=bool(c.get("bias", True)), o_bias=bool(c.get("bias", True)))
+    if fam in ("glm", "glm4"):  # attention_bias defaults to true, on q/k/v only; GLM-4 adds two sandwich norms
+        return _Layout(qkv_bias=bool(c.get("attention_bias", True)), norms_per_layer=4 if fam == "glm4" else 2)
     if fam == "chatglm":
         linear_bias = bool(c.get("add_bias_linear", False))
         return _Layout(qkv_bias=bool(c.get("add_qkv_bias", False)) or linear_bias, o_bias=linear_bias,

@@ -69,6 +69,11 @@ _NATIVE_ROWS: tuple[ArchInfo, ...] = (
     # InternLM / InternLM2: the Llama decoder; hub repos ship remote code, which llmctl does not need
     _native("InternLMForCausalLM", "internlm", "internlm", "strict"),
     _native("InternLM2ForCausalLM", "internlm2", "internlm", "strict"),
+    # GLM: the Llama decoder with interleaved half-head rope; ChatGLM2/3 and GLM-4 repos are it under other names
+    _native("GlmForCausalLM", "glm", "glm", "strict"),
+    _native("Glm4ForCausalLM", "glm4", "glm", "strict"),  # GLM with sandwich norms
+    _native("ChatGLMModel", "chatglm", "glm", "strict"),
+    _native("ChatGLMForConditionalGeneration", "chatglm", "glm", "strict"),
     # Dense decoders
     _native("GemmaForCausalLM", "gemma", "gemma", "strict"),
     _native("Gemma2ForCausalLM", "gemma2", "gemma", "strict"),
@@ -124,8 +129,8 @@ def _registry() -> dict[str, ArchInfo]:
 TRANSFORMERS_VERIFIED: dict[str, str] = dict.fromkeys((
     "AfmoeForCausalLM", "ApertusForCausalLM", "ArceeForCausalLM", "Cohere2ForCausalLM", "CohereForCausalLM",
     "CwmForCausalLM", "DbrxForCausalLM", "Dots1ForCausalLM", "Ernie4_5ForCausalLM", "Ernie4_5_MoeForCausalLM",
-    "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM", "Glm4ForCausalLM",
-    "Glm4MoeForCausalLM", "GlmForCausalLM", "GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM",
+    "Exaone4ForCausalLM", "FlexOlmoForCausalLM", "GPTBigCodeForCausalLM", "Gemma3nForCausalLM",
+    "Glm4MoeForCausalLM", "GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM",
     "HunYuanDenseV1ForCausalLM", "HunYuanMoEV1ForCausalLM", "Jais2ForCausalLM", "MiniCPM3ForCausalLM",
     "MiniMaxM2ForCausalLM", "MixtralForCausalLM", "NemotronForCausalLM", "Olmo3ForCausalLM", "OlmoForCausalLM",
     "OlmoeForCausalLM", "PersimmonForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "SeedOssForCausalLM",

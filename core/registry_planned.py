@@ -29,8 +29,6 @@ BertForTokenClassification                   bert                classify       
 BertSpladeSparseEmbeddingModel               bert                embed           encoder-only
 Blip2ForConditionalGeneration                blip-2              generate        multimodal
 ChameleonForConditionalGeneration            chameleon           generate        multimodal
-ChatGLMForConditionalGeneration              chatglm             generate        decoder-only     remote
-ChatGLMModel                                 chatglm             generate        decoder-only     remote
 CLIPModel                                    clip                embed           encoder-only
 Cohere2ForCausalLM                           cohere2             generate        decoder-only
 Cohere2VisionForConditionalGeneration        cohere2_vision      generate        multimodal
@@ -62,13 +60,11 @@ Gemma3ForConditionalGeneration               gemma3              generate       
 Gemma3nForCausalLM                           gemma3n_text        generate        decoder-only
 Gemma3nForConditionalGeneration              gemma3n             generate        multimodal
 Gemma3TextModel                              gemma3_text         embed           decoder-only
-Glm4ForCausalLM                              glm4                generate        decoder-only
 Glm4MoeForCausalLM                           glm4_moe            generate        moe
 GLM4VForCausalLM                             chatglm             generate        multimodal
 Glm4vForConditionalGeneration                glm4v               generate        multimodal
 Glm4vMoeForConditionalGeneration             glm4v_moe           generate        multimodal
 GlmAsrForConditionalGeneration               glmasr              generate        multimodal
-GlmForCausalLM                               glm                 generate+embed  decoder-only
 GPT2ForSequenceClassification                gpt-sw3             embed           decoder-only
 GPTBigCodeForCausalLM                        gpt_bigcode         generate        decoder-only
 GptOssForCausalLM                            gpt_oss             generate        moe

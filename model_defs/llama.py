@@ -1,5 +1,5 @@
 """Inference-only Llama-family models (Llama 2/3, Yi, SmolLM2, Mistral, Qwen2/3, OLMo 2, Granite, InternLM,
-Baichuan)."""
+Baichuan, GLM)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ class LlamaVariant:
     bias_key: str = "attention_bias"  # the config key of the q/k/v/o bias flag: InternLM / InternLM2 call it "bias"
     kv_grouped_qkv: bool = False  # InternLM2's wqkv: per kv group its q heads, then k, then v (not q|k|v)
     alibi: bool = False  # Baichuan-13B / Baichuan2-13B: ALiBi biases (BLOOM's slopes) instead of a rope
+    rope_interleaved: bool = False  # GLM / ChatGLM rotate (even, odd) pairs (GPT-J style), not the two halves
+    sandwich_norms: bool = False  # GLM-4 (Glm4): each sublayer's output is normed too, before the residual add
 
 
 def _sliding_window(config, layer_idx: int, variant: LlamaVariant) -> int | None:
@@ -67,7 +69,8 @@ class LlamaAttention(nn.Module):
             full = variant.qk_norm == "full"
             self.q_norm = RMSNorm(self.q_size if full else self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.kv_size if full else self.head_dim, eps=config.rms_norm_eps)
-        self.rotary_emb = None if variant.alibi else get_rope_from_config(config, self.head_dim, is_neox_style=True)
+        self.rotary_emb = None if variant.alibi else get_rope_from_config(
+            config, self.head_dim, is_neox_style=not variant.rope_interleaved)
         # Granite scales the scores by config.attention_multiplier instead of head_dim ** -0.5.
         scale = config.attention_multiplier if variant.multipliers else self.head_dim**-0.5
         self.attn = Attention(
@@ -111,6 +114,10 @@ class LlamaDecoderLayer(nn.Module):
             self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.residual_multiplier = config.residual_multiplier if variant.multipliers else None
+        self.sandwich_norms = variant.sandwich_norms
+        if variant.sandwich_norms:
+            self.post_self_attn_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.post_mlp_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(
         self,
@@ -126,10 +133,14 @@ class LlamaDecoderLayer(nn.Module):
         hidden_states = self.self_attn(positions, qkv, ctx)
         if self.residual_multiplier is not None:  # Granite: residual + sublayer * residual_multiplier
             hidden_states = hidden_states * self.residual_multiplier
+        if self.sandwich_norms:
+            hidden_states = self.post_self_attn_layernorm(hidden_states)
         gate_up, residual = norm_then_linear(
             self.post_attention_layernorm, self.mlp.gate_up_proj, hidden_states, residual
         )
         hidden_states = self.mlp.down(gate_up)
+        if self.sandwich_norms:  # joins the residual inside the next layer's (or the final) norm
+            hidden_states = self.post_mlp_layernorm(hidden_states)
         if self.residual_multiplier is not None:
             hidden_states = hidden_states * self.residual_multiplier
         return hidden_states, residual

@@ -20,7 +20,8 @@ class WeightsMapper:
     strip_prefixes: the first that starts the name is removed (embedding checkpoints saved from *ForMaskedLM:
         "bert.", "roberta."; decoder backbones saved from *ForCausalLM: "model.").
     ignored_prefixes / ignored_suffixes: tensors that are not weights of ours (heads, mask buffers): skipped.
-    renamed_suffixes: old names (TF-era LayerNorm.gamma / beta) -> the model's.
+    renamed_prefixes / renamed_suffixes: old names (ChatGLM's transformer.encoder.layers.; TF-era LayerNorm.gamma /
+        beta) -> the model's.
     base_prefix: tried in front of a name the model lacks: checkpoints saved from the bare base model
         (the hub's original gpt2, bigscience/bloom, facebook/opt) have no "transformer." / "model.".
     packed: checkpoint module name -> (fused parameter's module name, shard id), the stacked q/k/v and
@@ -30,6 +31,7 @@ class WeightsMapper:
     strip_prefixes: tuple[str, ...] = ()
     ignored_prefixes: tuple[str, ...] = ()
     ignored_suffixes: tuple[str, ...] = ()
+    renamed_prefixes: Mapping[str, str] = field(default_factory=dict)
     renamed_suffixes: Mapping[str, str] = field(default_factory=dict)
     base_prefix: str | None = None
     packed: Mapping[str, tuple[str, object]] = field(default_factory=dict)
@@ -45,6 +47,9 @@ class WeightsMapper:
         return name
 
     def rename(self, name: str) -> str:
+        for old, new in self.renamed_prefixes.items():
+            if name.startswith(old):
+                name = new + name[len(old) :]
         for old, new in self.renamed_suffixes.items():
             if name.endswith(old):
                 name = name[: -len(old)] + new

@@ -67,7 +67,10 @@ class LLM:
             return
         model_cls = select_model_class(self.hf_config, config.model_impl, config.trust_remote_code)
         self.model_impl = "transformers" if model_cls.is_transformers_backend else "native"
-        config = config.resolve(getattr(self.hf_config, "max_position_embeddings", None))
+        # ChatGLM's config (the repo's, or read natively) spells the position limit seq_length only.
+        hf = self.hf_config
+        positions = getattr(hf, "max_position_embeddings", None) or getattr(hf, "seq_length", None)
+        config = config.resolve(positions)
 
         self.tokenizer = None
         if not config.skip_tokenizer_init:

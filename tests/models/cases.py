@@ -217,5 +217,29 @@ REMOTE_LAYOUTS = {
                            layout="internlm2", layout_keys=dict(rope_scaling=dict(type="dynamic", factor=2.0))),
 }  # fmt: skip
 
-CASES: dict[str, Case] = {**LLAMA, **GEMMA, **GPT_PHI, **ALIBI_FAMILIES, **LLAMA_LIKE, **REMOTE_LAYOUTS}
+# --- GLM, and ChatGLM2/3 / GLM-4 (a GLM checkpoint rewritten into the remote-code layout) ----------------------
+GLM = {
+    # glm-4-9b-chat-hf style: q/k/v bias, GQA, head_dim 32 (!= 64 / 4), config.json with rope_theta and
+    # partial_rotary_factor at top level; only the first 16 dims of each head rotate, in (even, odd) pairs.
+    "glm": Case("GlmConfig", dict(_LLAMA, head_dim=32, attention_bias=True, tie_word_embeddings=False),
+                dict(rope_theta=10000.0, partial_rotary_factor=0.5), _ROPE),
+    # No bias, 8 heads over 2 kv heads, config.json without partial_rotary_factor (GlmConfig's 0.5 applies).
+    "glm_nobias": Case("GlmConfig", dict(_LLAMA, num_attention_heads=8, head_dim=16, attention_bias=False,
+                                         tie_word_embeddings=False), dict(rope_theta=500000.0), _ROPE),
+    # GLM-4-9B-0414 style (Glm4): GLM plus post_self_attn_layernorm / post_mlp_layernorm; tied head here.
+    "glm4": Case("Glm4Config", dict(_LLAMA, head_dim=32, attention_bias=True, tie_word_embeddings=True),
+                 dict(rope_theta=10000.0, partial_rotary_factor=0.5), _ROPE),
+    # glm-4-9b style ChatGLMModel: query_key_value over 2 kv groups with add_qkv_bias, rope_ratio 50 (base 500000),
+    # kv_channels 16, output_layer, the saved rotary_pos_emb.inv_freq buffer.
+    "chatglm": Case("GlmConfig", dict(_LLAMA, head_dim=16, attention_bias=True, tie_word_embeddings=False),
+                    dict(rope_theta=500000.0), _ROPE, layout="chatglm"),
+    # chatglm2-6b style: no q/k/v bias, multi_query_group_num 1, no rope_ratio key (base 10000); the
+    # ChatGLMForConditionalGeneration spelling (the class its auto_map builds).
+    "chatglm_mqa": Case("GlmConfig", dict(_LLAMA, num_key_value_heads=1, head_dim=16, attention_bias=False,
+                                          tie_word_embeddings=False), dict(rope_theta=10000.0), _ROPE,
+                        layout="chatglm",
+                        layout_keys=dict(rope_ratio=None, architectures=["ChatGLMForConditionalGeneration"])),
+}  # fmt: skip
+
+CASES: dict[str, Case] = {**LLAMA, **GEMMA, **GPT_PHI, **ALIBI_FAMILIES, **LLAMA_LIKE, **REMOTE_LAYOUTS, **GLM}
 STRICT = sorted(name for name, case in CASES.items() if case.strict)

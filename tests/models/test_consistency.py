@@ -26,14 +26,16 @@ CONSISTENCY_ARCHITECTURES = [
     "GPT2LMHeadModel", "GPTJForCausalLM", "GPTNeoXForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM",
     "OPTForCausalLM", "BloomForCausalLM", "FalconForCausalLM", "MPTForCausalLM", "MptForCausalLM",
     "Olmo2ForCausalLM", "GraniteForCausalLM", "Starcoder2ForCausalLM", "InternLMForCausalLM", "InternLM2ForCausalLM",
+    "GlmForCausalLM", "Glm4ForCausalLM", "ChatGLMModel", "ChatGLMForConditionalGeneration",
 ]  # fmt: skip
 # One case per model_defs family for the dummy-weights run.
 DUMMY = ["llama3", "gemma3", "gpt2", "gptj", "neox_parallel", "phi_qk_gqa", "phi3", "opt", "bloom", "falcon_7b",
-         "mpt_7b", "olmo2", "granite", "starcoder2", "internlm2_bias"]
+         "mpt_7b", "olmo2", "granite", "starcoder2", "internlm2_bias", "glm", "glm4", "chatglm"]
 # Through the engine: the Llama family's and falcon-7b's hub-style checkpoints, and one checkpoint per family with
 # config.json as transformers 5 saves it (rope_parameters, layer_types), as a model fine-tuned today is.
 ENGINE = [(name, "hub") for name in ("llama3", "llama_tied", "mistral", "qwen2", "qwen3", "falcon_7b", "olmo2",
-                                     "granite", "starcoder2", "internlm", "internlm2")] + [
+                                     "granite", "starcoder2", "internlm", "internlm2", "glm",
+                                     "glm4", "chatglm")] + [
     (name, "as-saved") for name in ("gemma", "gemma2", "gemma3", "gpt2", "gptj", "neox_parallel", "phi", "phi3",
                                     "opt", "bloom", "falcon_7b", "mpt_clip", "starcoder2_nobias")
 ]
