@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import click
@@ -109,13 +111,21 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _flush_stdout() -> None:
+@contextlib.contextmanager
+def writing_to(name: str) -> Iterator[None]:
+    """An OSError inside (a full disk, an I/O error) becomes one OutputError naming `name`; a closed pipe stays
+    a BrokenPipeError, which the CLI ends on quietly (`| head`)."""
     try:
-        sys.stdout.flush()
+        yield
     except BrokenPipeError:
         raise
     except OSError as err:
-        raise OutputError(f"cannot write to stdout: {err.strerror or err}") from None
+        raise OutputError(f"cannot write {name}: {err.strerror or err}") from None
+
+
+def _flush_stdout() -> None:
+    with writing_to("to stdout"):
+        sys.stdout.flush()
 
 
 def _silence_stdout() -> None:

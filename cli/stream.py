@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from llmctl.core.errors import OutputError, UsageError
+from llmctl.cli.output import writing_to
+from llmctl.core.errors import UsageError
 
 T = TypeVar("T")
 
@@ -88,20 +89,12 @@ class Writer:
         self.name = name
 
     def write(self, data: Any) -> None:
-        try:
+        with writing_to(self.name):
             self.handle.write(data)
-        except BrokenPipeError:
-            raise  # the reader went away (`| head`): the CLI ends quietly
-        except OSError as err:
-            raise OutputError(f"cannot write {self.name}: {err.strerror or err}") from None
 
     def flush(self) -> None:
-        try:
+        with writing_to(self.name):
             self.handle.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            raise OutputError(f"cannot write {self.name}: {err.strerror or err}") from None
 
     def record(self, data: Any) -> None:
         self.write(data)
@@ -151,10 +144,8 @@ def atomic_file(path: Path, binary: bool = False) -> Iterator[Writer]:
         writer = Writer(handle, str(path))
         yield writer
         writer.flush()
-        try:
+        with writing_to(str(path)):
             os.fsync(handle.fileno())
-        except OSError as err:
-            raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
         handle.close()
         os.chmod(tmp, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, target)

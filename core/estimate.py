@@ -229,11 +229,11 @@ def state_bytes_per_sequence(spec: ModelSpec, dtype_bytes: float = 2) -> int | N
     if plan is None or not plan.state_layers:
         return 0
     total = 0
-    for kind, count in plan.state_layers.items():
+    for kind, layers in plan.state_layers.items():
         per_layer = mamba_state_elements(spec.text_config, spec.hidden_size, kind) if "mamba" in kind else None
         if per_layer is None:
             return None
-        total += count * per_layer
+        total += layers * per_layer
     return math.ceil(total * dtype_bytes)
 
 
