@@ -103,9 +103,9 @@ def load_hf_config(path: Path, *, trust_remote_code: bool = False, revision: str
 def _native_remote_config(raw: dict):
     """A PretrainedConfig for a checkpoint whose model_type transformers does not know (its config class lives in
     the repo, auto_map) but whose architecture llmctl runs natively (InternLM, Baichuan, ChatGLM, Qwen v1):
-    config.json over the family's defaults (the repo config class's, core/config_keys.py), so the repo's code need not run and
-    --trust-remote-code is not needed (given, the repo's config class reads it, as model_impl="transformers" with
-    the repo's model code needs). None otherwise."""
+    config.json over the family's defaults (the repo config class's, core/config_keys.py), so the repo's code need
+    not run and --trust-remote-code is not needed (given, the repo's config class reads it, as
+    model_impl="transformers" with the repo's model code needs). None otherwise."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from llmctl.core import registry
